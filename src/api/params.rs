@@ -1,0 +1,72 @@
+//! Query-parameter parsing shared by the API handlers, with errors that name the parameter.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::error::AppError;
+
+pub const DEFAULT_LIMIT: i64 = 100;
+pub const MAX_LIMIT: i64 = 1000;
+
+pub fn time(name: &'static str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, AppError> {
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| AppError::bad_parameter(name, "expected an RFC 3339 time such as 2024-01-31T12:00:00Z"))
+        })
+        .transpose()
+}
+
+pub fn limit(value: Option<&str>) -> Result<i64, AppError> {
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| AppError::bad_parameter("limit", format!("expected a whole number from 1 to {MAX_LIMIT}"))),
+    }
+}
+
+pub fn cursor(value: Option<&str>) -> Result<Option<(DateTime<Utc>, i64)>, AppError> {
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            super::cursor::decode(v)
+                .ok_or_else(|| AppError::bad_parameter("cursor", "not a cursor returned by this API"))
+        })
+        .transpose()
+}
+
+/// RFC 3339 in UTC with only as many fraction digits as needed: `2020-03-31T10:12:30.5Z`.
+pub fn format_time(time: DateTime<Utc>) -> String {
+    let text = time.to_rfc3339_opts(SecondsFormat::Micros, true);
+    // "....ss.ffffffZ": trim trailing zeros of the fraction, and the dot if nothing is left.
+    let without_z = &text[..text.len() - 1];
+    let trimmed = without_z.trim_end_matches('0').trim_end_matches('.');
+    format!("{trimmed}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_short_but_exact() {
+        let t = |micros| DateTime::from_timestamp_micros(micros).unwrap();
+        assert_eq!(format_time(t(1_585_649_550_500_000)), "2020-03-31T10:12:30.5Z");
+        assert_eq!(format_time(t(1_585_649_550_000_000)), "2020-03-31T10:12:30Z");
+        assert_eq!(format_time(t(1_585_649_550_000_001)), "2020-03-31T10:12:30.000001Z");
+        assert_eq!(format_time(t(1_585_649_560_000_000)), "2020-03-31T10:12:40Z");
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(limit(None).unwrap(), DEFAULT_LIMIT);
+        assert_eq!(limit(Some("5")).unwrap(), 5);
+        assert!(limit(Some("0")).is_err());
+        assert!(limit(Some("1001")).is_err());
+        assert!(limit(Some("x")).is_err());
+    }
+}

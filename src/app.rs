@@ -1,0 +1,61 @@
+//! Shared state and the HTTP router.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, on, MethodFilter};
+use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
+
+use crate::ingest::destination;
+use crate::ingest::secret_cache::SecretCache;
+
+/// What every request handler can reach.
+pub struct AppState {
+    pub pool: PgPool,
+    pub secrets: Arc<SecretCache>,
+    /// Largest accepted ingest body, in bytes.
+    pub max_body: usize,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let ingest = Router::new()
+        .route(
+            "/ingest/kpn",
+            on(MethodFilter::POST.or(MethodFilter::GET), destination::receive),
+        )
+        .layer(DefaultBodyLimit::max(state.max_body));
+    Router::new()
+        .merge(ingest)
+        .nest("/api/v1", crate::api::router())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The process is up. Says nothing about the database, so an orchestrator does not restart
+/// us for a database outage.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready to take deliveries: the database answers and every migration is applied.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let (bound, pending, version) = state.secrets.stats();
+    let database = crate::store::migrations_applied(&state.pool).await;
+    let (status, database) = match database {
+        Ok(true) => (StatusCode::OK, "ok".to_owned()),
+        Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "migrations pending".to_owned()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("unreachable: {e}")),
+    };
+    let body = serde_json::json!({
+        "status": if status == StatusCode::OK { "ready" } else { "not ready" },
+        "database": database,
+        "destinations": { "bound": bound, "pending": pending, "version": format!("{version:016x}") },
+    });
+    (status, axum::Json(body)).into_response()
+}

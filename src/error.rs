@@ -1,0 +1,95 @@
+//! Error types of the HTTP surface and their single mapping to answers.
+//!
+//! Every handler returns [`AppError`]; this is the only place that decides status codes and
+//! bodies, so the same failure always looks the same from outside. Bodies are short JSON:
+//! `{"error": "<machine code>", "detail": "<human reason>"}`. Nothing secret ever goes into them.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// How long KPN (or any client) should wait before retrying when we cannot store.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    #[error("malformed header {name}: {reason}")]
+    MalformedHeader {
+        name: &'static str,
+        reason: &'static str,
+    },
+    /// Unknown plug, wrong token, or a missing required static header: deliberately one
+    /// variant, so none of them can be told apart.
+    #[error("unknown plug or wrong token")]
+    NotVerified,
+    #[error("body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("cannot read the request body")]
+    BadBody,
+    #[error("invalid parameter {name}: {reason}")]
+    BadParameter { name: &'static str, reason: String },
+    #[error("missing or invalid API key")]
+    Unauthenticated,
+    #[error("this API key lacks the {0} scope")]
+    Forbidden(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("the data cannot be stored right now")]
+    Unavailable(#[source] sqlx::Error),
+}
+
+impl AppError {
+    pub fn bad_parameter(name: &'static str, reason: impl Into<String>) -> Self {
+        AppError::BadParameter {
+            name,
+            reason: reason.into(),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            AppError::MissingHeader(_) => (StatusCode::BAD_REQUEST, "missing_header"),
+            AppError::MalformedHeader { .. } => (StatusCode::BAD_REQUEST, "malformed_header"),
+            AppError::NotVerified => (StatusCode::UNAUTHORIZED, "not_verified"),
+            AppError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            AppError::BadBody => (StatusCode::BAD_REQUEST, "bad_body"),
+            AppError::BadParameter { .. } => (StatusCode::BAD_REQUEST, "bad_parameter"),
+            AppError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    /// Any database failure means the data is not durable (or not readable) now; the caller
+    /// should retry, which is exactly what KPN does on a non-2xx answer.
+    fn from(error: sqlx::Error) -> Self {
+        AppError::Unavailable(error)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let AppError::Unavailable(source) = &self {
+            tracing::warn!(error = %source, "answering 503: database unavailable");
+        }
+        let body = Json(serde_json::json!({ "error": code, "detail": self.to_string() }));
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        match self {
+            AppError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            AppError::Unauthenticated => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,88 @@
+//! Which request headers are kept with a delivery.
+//!
+//! KPN destinations can carry static extra headers (`device-type: dragino-lds01` is a common
+//! one for routing). We keep those, and drop everything that is transport noise or could be
+//! a credential, so that the stored headers are safe to show on a dashboard.
+
+use std::collections::BTreeMap;
+
+use axum::http::HeaderMap;
+
+/// Headers that are part of the protocol or the transport rather than of the delivery.
+const TRANSPORT: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "accept",
+    "accept-encoding",
+    "accept-charset",
+    "accept-language",
+    "user-agent",
+    "expect",
+    "things-plug-uuid",
+    "things-message-token",
+];
+
+/// Parts of a header name that suggest it carries a credential.
+const SECRET_HINTS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "token",
+    "secret",
+    "password",
+    "api-key",
+    "apikey",
+    "x-api-key",
+    "signature",
+    "session",
+    "auth",
+];
+
+/// The non-secret extra headers of a request, lower-case names, repeated values joined.
+pub fn extra_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        let name = name.as_str();
+        if TRANSPORT.contains(&name) || SECRET_HINTS.iter().any(|hint| name.contains(hint)) {
+            continue;
+        }
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        out.entry(name.to_owned())
+            .and_modify(|existing| {
+                existing.push_str(", ");
+                existing.push_str(value);
+            })
+            .or_insert_with(|| value.to_owned());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_static_headers_and_drops_credentials() {
+        let mut headers = HeaderMap::new();
+        headers.insert("device-type", "dragino-lds01".parse().unwrap());
+        headers.insert("authorization", "Bearer abc".parse().unwrap());
+        headers.insert("x-api-key", "k".parse().unwrap());
+        headers.insert("things-message-token", "00".parse().unwrap());
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.append("x-tag", "a".parse().unwrap());
+        headers.append("x-tag", "b".parse().unwrap());
+        let kept = extra_headers(&headers);
+        assert_eq!(kept.get("device-type").map(String::as_str), Some("dragino-lds01"));
+        assert_eq!(kept.get("x-tag").map(String::as_str), Some("a, b"));
+        assert_eq!(kept.len(), 2, "{kept:?}");
+    }
+}

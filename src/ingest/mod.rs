@@ -1,0 +1,16 @@
+//! Ingestion: the path from bytes on the wire to rows in PostgreSQL.
+//!
+//! Every front door follows the same order, chosen so that nothing unauthenticated costs
+//! more than a hash and nothing authenticated is lost:
+//!
+//! 1. size limit (the body is read at most up to the limit),
+//! 2. the door's headers (`Things-Plug-UUID`, `Things-Message-Token`),
+//! 3. secret from the in-memory [`secret_cache`], constant-time token check,
+//! 4. only then parsing the SenML (a verified body that does not parse is quarantined, not
+//!    rejected: KPN would retry it three times and then drop it),
+//! 5. one transaction for message, devices, measurements and latest values,
+//! 6. the answer, only after the commit.
+
+pub mod destination;
+pub mod headers;
+pub mod secret_cache;

@@ -1,0 +1,17 @@
+//! things-receiver: a verified, durable receiver for KPN Things destinations.
+//!
+//! See `ARCHITECTURE.md` for the request path and the tables.
+
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod secrets;
+pub mod senml;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod token;

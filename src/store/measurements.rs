@@ -1,0 +1,75 @@
+//! Reading measurements back, newest first, with keyset pagination.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct MeasurementRow {
+    pub id: i64,
+    pub device: String,
+    pub name: String,
+    pub unit: Option<String>,
+    pub time: DateTime<Utc>,
+    pub value: Option<f64>,
+    pub string_value: Option<String>,
+    pub bool_value: Option<bool>,
+    pub data_value: Option<Vec<u8>>,
+    pub sum: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct MeasurementFilter {
+    pub device_id: Option<i64>,
+    pub name: Option<String>,
+    /// Inclusive lower bound on time.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive upper bound on time.
+    pub to: Option<DateTime<Utc>>,
+    /// Continue strictly after this (time, id), in descending order.
+    pub after: Option<(DateTime<Utc>, i64)>,
+    pub limit: i64,
+}
+
+/// Finds a device id by its normalised URN key.
+pub async fn device_id(pool: &PgPool, urn_key: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM devices WHERE urn_key = $1")
+        .bind(urn_key)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Up to `limit` measurements matching `filter`, ordered by (time, id) descending.
+pub async fn list(
+    pool: &PgPool,
+    filter: &MeasurementFilter,
+) -> Result<Vec<MeasurementRow>, sqlx::Error> {
+    let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
+        "SELECT m.id, d.urn AS device, m.name, m.unit, m.time, m.value, m.string_value, \
+                m.bool_value, m.data_value, m.sum \
+         FROM measurements m JOIN devices d ON d.id = m.device_id WHERE TRUE",
+    );
+    if let Some(device_id) = filter.device_id {
+        query.push(" AND m.device_id = ").push_bind(device_id);
+    }
+    if let Some(name) = &filter.name {
+        query.push(" AND m.name = ").push_bind(name.clone());
+    }
+    if let Some(from) = filter.from {
+        query.push(" AND m.time >= ").push_bind(from);
+    }
+    if let Some(to) = filter.to {
+        query.push(" AND m.time < ").push_bind(to);
+    }
+    if let Some((time, id)) = filter.after {
+        query
+            .push(" AND (m.time, m.id) < (")
+            .push_bind(time)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    query
+        .push(" ORDER BY m.time DESC, m.id DESC LIMIT ")
+        .push_bind(filter.limit);
+    query.build_query_as().fetch_all(pool).await
+}

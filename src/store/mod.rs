@@ -1,0 +1,186 @@
+//! PostgreSQL: connecting (embedded cluster or external server), migrations, and one module
+//! per family of tables.
+//!
+//! PostgreSQL is the only shared state: every process (the server, the CLI, replicas) talks to
+//! the same database and nothing else, so the CLI works the same whether or not `serve` runs.
+
+pub mod api_keys;
+pub mod deliveries;
+pub mod destinations;
+pub mod embedded;
+pub mod key_check;
+pub mod measurements;
+pub mod messages;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+use crate::config::DbArgs;
+use embedded::{EmbeddedOptions, EmbeddedPostgres};
+
+/// Name of the database the embedded cluster holds our tables in.
+const EMBEDDED_DATABASE: &str = "things";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("embedded PostgreSQL: {0}")]
+    Embedded(#[from] embedded::EmbeddedError),
+    #[error("invalid DATABASE_URL: {0}")]
+    Url(#[source] sqlx::Error),
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot apply database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// How a process wants its pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An open, migrated database, and the embedded cluster behind it if we started one.
+pub struct Database {
+    pub pool: PgPool,
+    embedded: Option<EmbeddedPostgres>,
+    description: String,
+}
+
+impl Database {
+    /// Connects as configured: `--database-url` if given, else the embedded cluster under
+    /// `DATA_DIR/pg` (started here, or attached to if another process of ours runs it).
+    /// Applies pending migrations either way.
+    pub async fn open(args: &DbArgs, settings: &PoolSettings) -> Result<Database, StoreError> {
+        let (options, embedded, description) = match &args.database_url {
+            Some(url) => {
+                let options = PgConnectOptions::from_str(url).map_err(StoreError::Url)?;
+                let description = format!(
+                    "PostgreSQL at {}:{}/{}",
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or("(default)")
+                );
+                (options, None, description)
+            }
+            None => {
+                let data_dir = absolute_data_dir(&args.data_dir)?;
+                let cluster_dir = data_dir.join("pg");
+                let pg =
+                    EmbeddedPostgres::start(&cluster_dir, &EmbeddedOptions { durable: true })
+                        .await?;
+                let base = PgConnectOptions::new()
+                    .socket(pg.socket_dir())
+                    .port(pg.port())
+                    .username(pg.user());
+                create_database_if_missing(&base, EMBEDDED_DATABASE).await?;
+                let description = format!("embedded PostgreSQL in {}", cluster_dir.display());
+                (base.database(EMBEDDED_DATABASE), Some(pg), description)
+            }
+        };
+        let options = options.log_statements(tracing::log::LevelFilter::Trace);
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(StoreError::Connect)?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Database {
+            pool,
+            embedded,
+            description,
+        })
+    }
+
+    /// Human description of where the data is, for banners and logs.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// Closes the pool and stops the embedded cluster if this process started it.
+    pub async fn close(self) {
+        self.pool.close().await;
+        if let Some(pg) = self.embedded
+            && let Err(e) = pg.stop().await
+        {
+            tracing::error!(error = %e, "embedded PostgreSQL did not stop cleanly");
+        }
+    }
+}
+
+/// Whether all migrations known to this binary are applied (for `/readyz`).
+pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?;
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .all(|m| applied.contains(&m.version)))
+}
+
+fn absolute_data_dir(dir: &Path) -> Result<PathBuf, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    std::fs::canonicalize(dir).map_err(|source| StoreError::DataDir {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+async fn create_database_if_missing(base: &PgConnectOptions, name: &str) -> Result<(), StoreError> {
+    let mut conn = base
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .map_err(StoreError::Connect)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(StoreError::Connect)?;
+    if !exists {
+        // Two processes may race here; the loser's "already exists" is success.
+        let sql = format!("CREATE DATABASE \"{name}\"");
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+            let duplicate = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42P04");
+            if !duplicate {
+                return Err(StoreError::Connect(e));
+            }
+        }
+    }
+    Ok(())
+}
