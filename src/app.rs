@@ -6,7 +6,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, on, MethodFilter};
+use axum::routing::{MethodFilter, get, on};
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
@@ -25,7 +25,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let ingest = Router::new()
         .route(
             "/ingest/kpn",
-            on(MethodFilter::POST.or(MethodFilter::GET), destination::receive),
+            on(
+                MethodFilter::POST.or(MethodFilter::GET),
+                destination::receive,
+            ),
         )
         .layer(DefaultBodyLimit::max(state.max_body));
     Router::new()
@@ -49,7 +52,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let database = crate::store::migrations_applied(&state.pool).await;
     let (status, database) = match database {
         Ok(true) => (StatusCode::OK, "ok".to_owned()),
-        Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "migrations pending".to_owned()),
+        Ok(false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "migrations pending".to_owned(),
+        ),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("unreachable: {e}")),
     };
     let body = serde_json::json!({

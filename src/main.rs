@@ -28,9 +28,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match args.command {
             Command::Serve(serve) => server::run(&args.db, &serve).await.map(|()| true),
-            Command::Destinations(command) => {
-                cli::destinations::run(&args.db, command).await.map(|()| true)
-            }
+            Command::Destinations(command) => cli::destinations::run(&args.db, command)
+                .await
+                .map(|()| true),
             Command::ApiKeys(command) => cli::api_keys::run(&args.db, command).await.map(|()| true),
             Command::Send(send) => cli::send::run(send).await,
         }

@@ -91,7 +91,15 @@ async fn serve_with(
         };
         return Err(error.context(format!("cannot listen on {}", args.listen)));
     };
-    print_banner(bound, args, database, &cert_source, db_args, key.origin(), &secrets);
+    print_banner(
+        bound,
+        args,
+        database,
+        &cert_source,
+        db_args,
+        key.origin(),
+        &secrets,
+    );
 
     wait_for_signal().await;
     tracing::info!("shutting down: finishing requests in flight");
@@ -160,12 +168,17 @@ fn print_banner(
     let data_dir = db_args.data_dir.display();
     let (bound_count, pending, _) = secrets.stats();
     let mut lines = vec![
-        format!("things-receiver {} listening on {scheme}://{bound}", env!("CARGO_PKG_VERSION")),
+        format!(
+            "things-receiver {} listening on {scheme}://{bound}",
+            env!("CARGO_PKG_VERSION")
+        ),
         format!("  ingest:      POST {scheme}://{host}:{port}/ingest/kpn"),
         format!("  api:         {scheme}://{host}:{port}/api/v1/measurements"),
         format!("  health:      {scheme}://{host}:{port}/healthz, /readyz"),
         format!("  database:    {}", database.description()),
-        format!("  secret key:  {key_origin} (keep it: without it stored secrets cannot be opened)"),
+        format!(
+            "  secret key:  {key_origin} (keep it: without it stored secrets cannot be opened)"
+        ),
         format!("  destinations: {bound_count} active, {pending} pending"),
     ];
     match cert {

@@ -114,7 +114,11 @@ pub fn dev_certificate(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
         move |source| TlsError::Write { path, source }
     };
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     let certified = rcgen::generate_simple_self_signed(names)?;
     write_private(&key_path, certified.key_pair.serialize_pem().as_bytes())
         .map_err(write_err(&key_path))?;
@@ -158,7 +162,11 @@ mod tests {
             .map(|s| format!("{:?}", s.suite()))
             .collect();
         assert_eq!(names.len(), 9);
-        assert!(names.iter().all(|n| n.contains("GCM") || n.contains("CHACHA20")));
+        assert!(
+            names
+                .iter()
+                .all(|n| n.contains("GCM") || n.contains("CHACHA20"))
+        );
         assert!(names.iter().filter(|n| n.starts_with("TLS_ECDHE")).count() == 6);
     }
 
@@ -166,7 +174,10 @@ mod tests {
     fn mismatched_files_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, _) = dev_certificate(dir.path()).unwrap();
-        assert!(matches!(load_pem(&cert, &cert), Err(TlsError::NoKey { .. })));
+        assert!(matches!(
+            load_pem(&cert, &cert),
+            Err(TlsError::NoKey { .. })
+        ));
         assert!(matches!(
             load_pem(&dir.path().join("nope.pem"), &cert),
             Err(TlsError::Read { .. })

@@ -11,7 +11,11 @@ use crate::store::api_keys::{self, ApiKeyRow};
 const KEY_PREFIX: &str = "trk_";
 
 /// Creates a key and returns it; only its hash is stored.
-pub async fn create(pool: &PgPool, name: &str, scopes: &[String]) -> Result<(String, ApiKeyRow), AdminError> {
+pub async fn create(
+    pool: &PgPool,
+    name: &str,
+    scopes: &[String],
+) -> Result<(String, ApiKeyRow), AdminError> {
     let name = name.trim();
     if name.is_empty() {
         return Err(AdminError::Invalid("the key name must not be empty".into()));
@@ -19,7 +23,9 @@ pub async fn create(pool: &PgPool, name: &str, scopes: &[String]) -> Result<(Str
     let mut parsed: Vec<String> = Vec::new();
     for scope in scopes {
         let scope = Scope::parse(scope).ok_or_else(|| {
-            AdminError::Invalid(format!("unknown scope {scope:?}: use read, downlink or admin"))
+            AdminError::Invalid(format!(
+                "unknown scope {scope:?}: use read, downlink or admin"
+            ))
         })?;
         if !parsed.iter().any(|s| s == scope.as_str()) {
             parsed.push(scope.as_str().to_owned());

@@ -34,13 +34,15 @@ impl From<DestinationRow> for DestinationInfo {
             id: row.id,
             plug: row.plug,
             name: row.name,
-            state: if row.plug.is_some() { "active" } else { "pending" },
+            state: if row.plug.is_some() {
+                "active"
+            } else {
+                "pending"
+            },
             response_code: row.response_code as u16,
             required_headers: row.required_headers.0,
             created_at: row.created_at,
-            previous_secret_valid_until: row
-                .previous_expires_at
-                .filter(|t| *t > Utc::now()),
+            previous_secret_valid_until: row.previous_expires_at.filter(|t| *t > Utc::now()),
         }
     }
 }
@@ -64,13 +66,21 @@ pub struct AddRequest {
     pub required_headers: BTreeMap<String, String>,
 }
 
-pub async fn add(pool: &PgPool, key: &SecretKey, request: AddRequest) -> Result<WithSecret, AdminError> {
+pub async fn add(
+    pool: &PgPool,
+    key: &SecretKey,
+    request: AddRequest,
+) -> Result<WithSecret, AdminError> {
     let name = request.name.trim().to_owned();
     if name.is_empty() {
-        return Err(AdminError::Invalid("the destination name must not be empty".into()));
+        return Err(AdminError::Invalid(
+            "the destination name must not be empty".into(),
+        ));
     }
     if !(200..300).contains(&request.response_code) {
-        return Err(AdminError::Invalid("the response code must be a 2xx status".into()));
+        return Err(AdminError::Invalid(
+            "the response code must be a 2xx status".into(),
+        ));
     }
     let (secret, secret_generated) = choose_secret(request.secret)?;
     let id = Uuid::new_v4();
@@ -127,7 +137,9 @@ pub async fn remove(pool: &PgPool, plug_or_name: &str) -> Result<DestinationInfo
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("destination {plug_or_name:?}")))?;
     if !destinations::remove(pool, row.id).await? {
-        return Err(AdminError::NotFound(format!("destination {plug_or_name:?}")));
+        return Err(AdminError::NotFound(format!(
+            "destination {plug_or_name:?}"
+        )));
     }
     Ok(row.into())
 }

@@ -14,7 +14,10 @@ pub fn decode(text: &str) -> Option<(DateTime<Utc>, i64)> {
     let raw = URL_SAFE_NO_PAD.decode(text.trim()).ok()?;
     let raw = std::str::from_utf8(&raw).ok()?;
     let (micros, id) = raw.split_once('.')?;
-    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id.parse().ok()?,
+    ))
 }
 
 #[cfg(test)]

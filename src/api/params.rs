@@ -13,7 +13,12 @@ pub fn time(name: &'static str, value: Option<&str>) -> Result<Option<DateTime<U
         .map(|v| {
             DateTime::parse_from_rfc3339(v)
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| AppError::bad_parameter(name, "expected an RFC 3339 time such as 2024-01-31T12:00:00Z"))
+                .map_err(|_| {
+                    AppError::bad_parameter(
+                        name,
+                        "expected an RFC 3339 time such as 2024-01-31T12:00:00Z",
+                    )
+                })
         })
         .transpose()
 }
@@ -25,7 +30,12 @@ pub fn limit(value: Option<&str>) -> Result<i64, AppError> {
             .parse::<i64>()
             .ok()
             .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| AppError::bad_parameter("limit", format!("expected a whole number from 1 to {MAX_LIMIT}"))),
+            .ok_or_else(|| {
+                AppError::bad_parameter(
+                    "limit",
+                    format!("expected a whole number from 1 to {MAX_LIMIT}"),
+                )
+            }),
     }
 }
 
@@ -33,8 +43,9 @@ pub fn cursor(value: Option<&str>) -> Result<Option<(DateTime<Utc>, i64)>, AppEr
     value
         .filter(|v| !v.is_empty())
         .map(|v| {
-            super::cursor::decode(v)
-                .ok_or_else(|| AppError::bad_parameter("cursor", "not a cursor returned by this API"))
+            super::cursor::decode(v).ok_or_else(|| {
+                AppError::bad_parameter("cursor", "not a cursor returned by this API")
+            })
         })
         .transpose()
 }
@@ -55,10 +66,22 @@ mod tests {
     #[test]
     fn times_are_short_but_exact() {
         let t = |micros| DateTime::from_timestamp_micros(micros).unwrap();
-        assert_eq!(format_time(t(1_585_649_550_500_000)), "2020-03-31T10:12:30.5Z");
-        assert_eq!(format_time(t(1_585_649_550_000_000)), "2020-03-31T10:12:30Z");
-        assert_eq!(format_time(t(1_585_649_550_000_001)), "2020-03-31T10:12:30.000001Z");
-        assert_eq!(format_time(t(1_585_649_560_000_000)), "2020-03-31T10:12:40Z");
+        assert_eq!(
+            format_time(t(1_585_649_550_500_000)),
+            "2020-03-31T10:12:30.5Z"
+        );
+        assert_eq!(
+            format_time(t(1_585_649_550_000_000)),
+            "2020-03-31T10:12:30Z"
+        );
+        assert_eq!(
+            format_time(t(1_585_649_550_000_001)),
+            "2020-03-31T10:12:30.000001Z"
+        );
+        assert_eq!(
+            format_time(t(1_585_649_560_000_000)),
+            "2020-03-31T10:12:40Z"
+        );
     }
 
     #[test]

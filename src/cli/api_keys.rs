@@ -23,7 +23,10 @@ pub async fn run(db_args: &DbArgs, command: ApiKeysCommand) -> anyhow::Result<()
                 if json {
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 } else {
-                    println!("{:<24} {:<22} {:<25} {:<25} REVOKED", "NAME", "SCOPES", "CREATED", "LAST USED");
+                    println!(
+                        "{:<24} {:<22} {:<25} {:<25} REVOKED",
+                        "NAME", "SCOPES", "CREATED", "LAST USED"
+                    );
                     for r in rows {
                         let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| {
                             t.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())

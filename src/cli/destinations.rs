@@ -47,7 +47,8 @@ pub async fn run(db_args: &DbArgs, command: DestinationsCommand) -> anyhow::Resu
                 overlap,
                 json,
             } => {
-                let rotated = destinations::rotate(pool, &key, &destination, secret, overlap).await?;
+                let rotated =
+                    destinations::rotate(pool, &key, &destination, secret, overlap).await?;
                 print_with_secret(&rotated, json, "rotated")
             }
             DestinationsCommand::Remove { destination } => {
@@ -67,7 +68,10 @@ pub async fn run(db_args: &DbArgs, command: DestinationsCommand) -> anyhow::Resu
 
 fn print_with_secret(item: &WithSecret, json: bool, verb: &str) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(item).context("encoding JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(item).context("encoding JSON")?
+        );
         return Ok(());
     }
     let d = &item.destination;
@@ -93,7 +97,10 @@ fn print_table(list: &[DestinationInfo]) {
         println!("No destinations. Add one with: things-receiver destinations add --name NAME");
         return;
     }
-    println!("{:<38} {:<24} {:<8} {:<5} HEADERS", "PLUG", "NAME", "STATE", "CODE");
+    println!(
+        "{:<38} {:<24} {:<8} {:<5} HEADERS",
+        "PLUG", "NAME", "STATE", "CODE"
+    );
     for d in list {
         let plug = d.plug.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let headers: Vec<String> = d

@@ -15,7 +15,9 @@ use crate::token::Token;
 pub async fn run(args: SendArgs) -> anyhow::Result<bool> {
     let body = if args.file.as_os_str() == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
         buf
     } else {
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?

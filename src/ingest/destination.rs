@@ -80,11 +80,13 @@ pub async fn receive(
         StoreOutcome::Duplicate => "duplicate",
     };
     let code = verified.destination.response_code;
-    Ok(if code == StatusCode::NO_CONTENT || code == StatusCode::RESET_CONTENT {
-        code.into_response()
-    } else {
-        (code, axum::Json(serde_json::json!({ "status": status }))).into_response()
-    })
+    Ok(
+        if code == StatusCode::NO_CONTENT || code == StatusCode::RESET_CONTENT {
+            code.into_response()
+        } else {
+            (code, axum::Json(serde_json::json!({ "status": status }))).into_response()
+        },
+    )
 }
 
 fn plug_header(headers: &HeaderMap) -> Result<Uuid, AppError> {

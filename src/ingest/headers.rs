@@ -81,7 +81,10 @@ mod tests {
         headers.append("x-tag", "a".parse().unwrap());
         headers.append("x-tag", "b".parse().unwrap());
         let kept = extra_headers(&headers);
-        assert_eq!(kept.get("device-type").map(String::as_str), Some("dragino-lds01"));
+        assert_eq!(
+            kept.get("device-type").map(String::as_str),
+            Some("dragino-lds01")
+        );
         assert_eq!(kept.get("x-tag").map(String::as_str), Some("a, b"));
         assert_eq!(kept.len(), 2, "{kept:?}");
     }

@@ -117,7 +117,12 @@ impl SecretCache {
         let mut snapshot = Snapshot::default();
         for row in rows {
             (row.id, row.plug, &row.secret_sealed, &row.previous_sealed).hash(&mut version);
-            (row.response_code, row.previous_expires_at, &row.required_headers.0).hash(&mut version);
+            (
+                row.response_code,
+                row.previous_expires_at,
+                &row.required_headers.0,
+            )
+                .hash(&mut version);
             let Some(destination) = self.open(row) else {
                 continue;
             };

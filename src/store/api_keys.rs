@@ -54,7 +54,10 @@ pub async fn revoke(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
 
 /// The scopes of the live key with this hash, recording its use (at most once a minute, so
 /// that reads do not turn into a write per request).
-pub async fn authenticate(pool: &PgPool, key_hash: &[u8]) -> Result<Option<Vec<String>>, sqlx::Error> {
+pub async fn authenticate(
+    pool: &PgPool,
+    key_hash: &[u8],
+) -> Result<Option<Vec<String>>, sqlx::Error> {
     let row: Option<(Uuid, Vec<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT id, scopes, last_used_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
     )

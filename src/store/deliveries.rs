@@ -25,8 +25,12 @@ pub struct Delivery<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreOutcome {
-    Stored { message_id: i64 },
-    Quarantined { message_id: i64 },
+    Stored {
+        message_id: i64,
+    },
+    Quarantined {
+        message_id: i64,
+    },
     /// The same (destination, token) was stored before: nothing was written.
     Duplicate,
 }
@@ -224,7 +228,10 @@ async fn upsert_latest(
 ) -> Result<(), sqlx::Error> {
     let mut newest: BTreeMap<(i64, &str), &Measurement> = BTreeMap::new();
     for record in records {
-        let key = (device_ids[&device_key(&record.device)], record.name.as_str());
+        let key = (
+            device_ids[&device_key(&record.device)],
+            record.name.as_str(),
+        );
         newest
             .entry(key)
             .and_modify(|m| {

@@ -43,7 +43,10 @@ pub async fn list_active(pool: &PgPool) -> Result<Vec<DestinationRow>, sqlx::Err
 }
 
 /// Finds an active destination by plug UUID or, failing that, by name.
-pub async fn find(pool: &PgPool, plug_or_name: &str) -> Result<Option<DestinationRow>, sqlx::Error> {
+pub async fn find(
+    pool: &PgPool,
+    plug_or_name: &str,
+) -> Result<Option<DestinationRow>, sqlx::Error> {
     let plug = Uuid::try_parse(plug_or_name).ok();
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM destinations WHERE removed_at IS NULL AND (plug = $1 OR name = $2) \

@@ -227,7 +227,7 @@ impl EmbeddedPostgres {
                 Existing::None => {}
                 Existing::Running(pid) => match wait_for_foreign(&bindir, &dir, pid).await? {
                     Foreign::Ready => {
-                        tracing::info!(dir = %dir.display(), pid = pid.as_raw(),
+                        tracing::debug!(dir = %dir.display(), pid = pid.as_raw(),
                             "attached to the PostgreSQL server already running there");
                         return Ok(Self {
                             dir,

@@ -21,10 +21,12 @@ pub enum KeyCheckError {
 
 /// Verifies `key` against the database, recording it first if the database has no check value.
 pub async fn verify_or_init(pool: &PgPool, key: &SecretKey) -> Result<(), KeyCheckError> {
-    sqlx::query("INSERT INTO secret_key_check (id, sealed) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
-        .bind(key.seal(PLAINTEXT, CONTEXT))
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO secret_key_check (id, sealed) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(key.seal(PLAINTEXT, CONTEXT))
+    .execute(pool)
+    .await?;
     let sealed: Vec<u8> = sqlx::query_scalar("SELECT sealed FROM secret_key_check WHERE id = 1")
         .fetch_one(pool)
         .await?;

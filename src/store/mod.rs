@@ -86,9 +86,8 @@ impl Database {
             None => {
                 let data_dir = absolute_data_dir(&args.data_dir)?;
                 let cluster_dir = data_dir.join("pg");
-                let pg =
-                    EmbeddedPostgres::start(&cluster_dir, &EmbeddedOptions { durable: true })
-                        .await?;
+                let pg = EmbeddedPostgres::start(&cluster_dir, &EmbeddedOptions { durable: true })
+                    .await?;
                 let base = PgConnectOptions::new()
                     .socket(pg.socket_dir())
                     .port(pg.port())
@@ -172,7 +171,10 @@ async fn create_database_if_missing(base: &PgConnectOptions, name: &str) -> Resu
     if !exists {
         // Two processes may race here; the loser's "already exists" is success.
         let sql = format!("CREATE DATABASE \"{name}\"");
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
             let duplicate = e
                 .as_database_error()
                 .and_then(|d| d.code())

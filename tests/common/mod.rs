@@ -1,0 +1,360 @@
+//! Test harness: a real PostgreSQL, the real binary, real HTTPS.
+//!
+//! When `DATABASE_URL` is set, each test gets a fresh database on that server. Otherwise one
+//! private cluster per test binary is started from the system's PostgreSQL binaries (the same
+//! embedded-cluster code `serve` uses), and each test gets a fresh database in it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use things_receiver::store::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use things_receiver::token::Token;
+use tokio::sync::OnceCell;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_things-receiver");
+
+/// A test secret that satisfies KPN's rules.
+pub const SECRET: &str = "Sup3r-Secret#For.Things/Testing!2024";
+
+static CLUSTER: OnceCell<(String, Option<EmbeddedPostgres>)> = OnceCell::const_new();
+
+/// URL of the `postgres` database on the server tests create their databases on.
+pub async fn admin_url() -> &'static str {
+    let (url, _) = CLUSTER
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("DATABASE_URL") {
+                return (url, None);
+            }
+            let name = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "tests".into());
+            let dir = PathBuf::from(format!("/tmp/things-receiver-test-pg/{name}"));
+            std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+            let pg = EmbeddedPostgres::start(&dir, &EmbeddedOptions { durable: false })
+                .await
+                .expect("start the test PostgreSQL cluster");
+            let url = format!(
+                "postgres://{}@localhost:{}/postgres?host={}",
+                pg.user(),
+                pg.port(),
+                pg.socket_dir().display()
+            );
+            (url, Some(pg))
+        })
+        .await;
+    url
+}
+
+/// Creates a fresh, empty database and returns its URL and name.
+pub async fn fresh_database() -> (String, String) {
+    let admin = admin_url().await;
+    let options: PgConnectOptions = admin.parse().unwrap();
+    let mut conn = PgConnection::connect_with(&options).await.unwrap();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    (database_url(admin, &name), name)
+}
+
+/// `url` with its database name replaced by `name`.
+fn database_url(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (scheme_host, _) = base.rsplit_once('/').unwrap();
+    match query {
+        Some(q) => format!("{scheme_host}/{name}?{q}"),
+        None => format!("{scheme_host}/{name}"),
+    }
+}
+
+/// A connection to `url` for assertions on what is stored.
+pub async fn connect(url: &str) -> PgConnection {
+    PgConnection::connect(url).await.unwrap()
+}
+
+/// One deployment under test: a data directory and a database, shared by the CLI and `serve`.
+pub struct Env {
+    pub data_dir: tempfile::TempDir,
+    pub database_url: String,
+    pub database_name: String,
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        let (database_url, database_name) = fresh_database().await;
+        Env {
+            data_dir: tempfile::tempdir().unwrap(),
+            database_url,
+            database_name,
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("THINGS_LOG", "info,sqlx=warn")
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .arg("--database-url")
+            .arg(&self.database_url);
+        cmd
+    }
+
+    /// Runs a CLI command to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Runs a CLI command that must succeed and returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Adds a destination with a fresh plug and [`SECRET`]; returns the plug.
+    pub fn add_destination(&self, name: &str, extra: &[&str]) -> uuid::Uuid {
+        let plug = uuid::Uuid::new_v4();
+        let plug_text = plug.to_string();
+        let mut args = vec![
+            "destinations",
+            "add",
+            "--name",
+            name,
+            "--plug",
+            &plug_text,
+            "--secret",
+            SECRET,
+        ];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args);
+        plug
+    }
+
+    /// Creates an API key with the given scopes and returns it.
+    pub fn api_key(&self, name: &str, scopes: &str) -> String {
+        self.cli_ok(&["api-keys", "create", "--name", name, "--scope", scopes])
+            .trim()
+            .to_owned()
+    }
+
+    /// Starts `serve` on a free loopback port and waits for its banner.
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        let mut cmd = self.command();
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
+        Server::start(cmd)
+    }
+}
+
+/// A running `things-receiver serve` process, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base_url: String,
+    pub banner: String,
+}
+
+impl Server {
+    pub fn start(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut banner = String::new();
+        let mut base_url = None;
+        // The banner's first line names the bound address; it ends with "Next steps:".
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(rest) = line.split(" listening on ").nth(1) {
+                base_url = Some(rest.trim().to_owned());
+            }
+            if line.starts_with("Next steps:") {
+                break;
+            }
+        }
+        let Some(base_url) = base_url else {
+            let status = child.wait().unwrap();
+            panic!("serve exited ({status}) before listening; stdout:\n{banner}");
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            base_url,
+            banner,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM, then waits for the process to exit. Async so that the test's own HTTP
+    /// connections keep being served (an HTTP/2 client must answer the server's GOAWAY ping
+    /// for a graceful close).
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not stop after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTPS client that accepts the development certificate.
+pub fn client() -> reqwest::Client {
+    things_receiver::tls::install_default_provider();
+    reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// POSTs `body` signed with `secret` for `plug`, as KPN Things does.
+pub async fn deliver(
+    client: &reqwest::Client,
+    server: &Server,
+    plug: uuid::Uuid,
+    secret: &str,
+    body: &[u8],
+) -> reqwest::Response {
+    let token = Token::sign(body, secret.as_bytes()).to_hex();
+    deliver_with(client, server, plug, &token, body, &[]).await
+}
+
+pub async fn deliver_with(
+    client: &reqwest::Client,
+    server: &Server,
+    plug: uuid::Uuid,
+    token: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = client
+        .post(server.url("/ingest/kpn"))
+        .header("Things-Plug-UUID", plug.to_string())
+        .header("Things-Message-Token", token)
+        .header("Content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(body.to_vec()).send().await.unwrap()
+}
+
+/// Status and JSON body of a response.
+pub async fn status_json(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let json = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// GET an API path with a key, returning status and JSON.
+pub async fn api_get(
+    client: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    path: &str,
+) -> (u16, serde_json::Value) {
+    let response = client
+        .get(server.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    status_json(response).await
+}
+
+/// Polls `/readyz` until `check` holds for its JSON, i.e. until a change made by another
+/// process has reached the server; fails after 10 s.
+pub async fn wait_ready(
+    client: &reqwest::Client,
+    server: &Server,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let json: serde_json::Value = client
+            .get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if check(&json) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server never reached the expected state: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The cache version `/readyz` reports, to wait for a change that keeps the counts.
+pub async fn destinations_version(client: &reqwest::Client, server: &Server) -> String {
+    let json: serde_json::Value = client
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    json["destinations"]["version"].as_str().unwrap().to_owned()
+}
+
+/// The bytes of a fixture pack, exactly as KPN would send it.
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
