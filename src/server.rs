@@ -204,6 +204,7 @@ fn print_banner(
     lines.push(format!(
         "  things-receiver --data-dir {data_dir} api-keys create --name dashboard --scope read"
     ));
+    lines.push("Stop with Ctrl-C (or SIGTERM): requests in flight finish first.".to_owned());
     println!("{}", lines.join("\n"));
 }
 

@@ -208,6 +208,7 @@ impl SecretCache {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     result = self.listen() => {
                         if let Err(e) = result {
@@ -216,6 +217,7 @@ impl SecretCache {
                     }
                 }
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }

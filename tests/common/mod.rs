@@ -181,7 +181,7 @@ impl Server {
         let mut lines = BufReader::new(stdout).lines();
         let mut banner = String::new();
         let mut base_url = None;
-        // The banner's first line names the bound address; it ends with "Next steps:".
+        // The banner's first line names the bound address; its last says how to stop.
         for line in lines.by_ref() {
             let line = line.unwrap();
             banner.push_str(&line);
@@ -189,7 +189,7 @@ impl Server {
             if let Some(rest) = line.split(" listening on ").nth(1) {
                 base_url = Some(rest.trim().to_owned());
             }
-            if line.starts_with("Next steps:") {
+            if line.starts_with("Stop with") {
                 break;
             }
         }
