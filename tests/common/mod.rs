@@ -46,10 +46,29 @@ pub async fn admin_url() -> &'static str {
                 pg.port(),
                 pg.socket_dir().display()
             );
+            if pg.owned() {
+                drop_old_test_databases(&url).await;
+            }
             (url, Some(pg))
         })
         .await;
     url
+}
+
+/// The cluster directory outlives a run; databases left by earlier runs go when it restarts.
+async fn drop_old_test_databases(url: &str) {
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    for name in names {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
 /// Creates a fresh, empty database and returns its URL and name.
