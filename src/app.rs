@@ -11,14 +11,21 @@ use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
 use crate::ingest::destination;
+use crate::ingest::pipeline::Pipeline;
 use crate::ingest::secret_cache::SecretCache;
 
 /// What every request handler can reach.
 pub struct AppState {
     pub pool: PgPool,
     pub secrets: Arc<SecretCache>,
+    /// Makes verified deliveries durable (writer, then spool).
+    pub pipeline: Pipeline,
+    /// Ingest requests allowed in flight at once.
+    pub ingest_slots: tokio::sync::Semaphore,
     /// Largest accepted ingest body, in bytes.
     pub max_body: usize,
+    /// Renders the Prometheus metrics.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -34,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(ingest)
         .nest("/api/v1", crate::api::router())
+        .route("/metrics", get(crate::metrics::render))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(TraceLayer::new_for_http())
@@ -58,10 +66,17 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         ),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("unreachable: {e}")),
     };
+    let (spooled, spool_bytes) = state.pipeline.spool().depth();
     let body = serde_json::json!({
         "status": if status == StatusCode::OK { "ready" } else { "not ready" },
         "database": database,
-        "destinations": { "bound": bound, "pending": pending, "version": format!("{version:016x}") },
+        "destinations": {
+            "bound": bound,
+            "pending": pending,
+            "version": format!("{version:016x}"),
+            "current": state.secrets.is_current(),
+        },
+        "spool": { "deliveries": spooled, "bytes": spool_bytes },
     });
     (status, axum::Json(body)).into_response()
 }

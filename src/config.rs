@@ -83,6 +83,20 @@ pub struct ServeArgs {
     /// How long a request waits for a database connection before answering 503.
     #[arg(long, env = "THINGS_DB_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub db_timeout: Duration,
+    /// Largest local spool for deliveries the database cannot take (e.g. 1GiB); beyond it
+    /// deliveries are answered 503 so that KPN retries.
+    #[arg(long, env = "THINGS_SPOOL_MAX", default_value = "1GiB", value_parser = parse_size)]
+    pub spool_max: usize,
+    /// How long a delivery may wait for its database commit before it is spooled instead.
+    #[arg(long, env = "THINGS_SPOOL_AFTER", default_value = "2s", value_parser = parse_duration)]
+    pub spool_after: Duration,
+    /// Ingest requests in flight at once; more are answered 503 at once.
+    #[arg(long, env = "THINGS_MAX_INFLIGHT", default_value_t = 2048)]
+    pub max_inflight: usize,
+    /// Keep measurements this long (e.g. 400d); older monthly partitions are dropped whole.
+    /// Without it nothing is dropped.
+    #[arg(long, env = "THINGS_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,7 +197,12 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1024,
         "m" | "mb" | "mib" => 1024 * 1024,
-        _ => return Err(format!("unknown size unit {unit:?}: use B, KiB or MiB")),
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?}: use B, KiB, MiB or GiB"
+            ));
+        }
     };
     number
         .checked_mul(factor)
@@ -219,7 +238,8 @@ mod tests {
         assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
         assert_eq!(parse_size("65536"), Ok(65536));
         assert!(parse_size("0").is_err());
-        assert!(parse_size("1GiB").is_err());
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("1TiB").is_err());
         assert!(parse_size("lots").is_err());
     }
 

@@ -36,8 +36,12 @@ pub enum AppError {
     Forbidden(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
-    #[error("the data cannot be stored right now")]
-    Unavailable(#[source] sqlx::Error),
+    /// Too many requests in flight: shed load at once instead of queueing without bound.
+    #[error("the server is busy; retry later")]
+    Overloaded,
+    /// The data cannot be made durable (or read) now; the reason is logged, not sent.
+    #[error("the data cannot be stored right now; retry later")]
+    Unavailable(String),
 }
 
 impl AppError {
@@ -46,6 +50,11 @@ impl AppError {
             name,
             reason: reason.into(),
         }
+    }
+
+    /// The machine-readable code of this error, as sent in the `error` field.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
     }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -59,6 +68,7 @@ impl AppError {
             AppError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AppError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
@@ -68,15 +78,15 @@ impl From<sqlx::Error> for AppError {
     /// Any database failure means the data is not durable (or not readable) now; the caller
     /// should retry, which is exactly what KPN does on a non-2xx answer.
     fn from(error: sqlx::Error) -> Self {
-        AppError::Unavailable(error)
+        AppError::Unavailable(error.to_string())
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let AppError::Unavailable(source) = &self {
-            tracing::warn!(error = %source, "answering 503: database unavailable");
+        if let AppError::Unavailable(reason) = &self {
+            tracing::warn!(%reason, "answering 503");
         }
         let body = Json(serde_json::json!({ "error": code, "detail": self.to_string() }));
         let mut response = (status, body).into_response();
@@ -84,6 +94,9 @@ impl IntoResponse for AppError {
         match self {
             AppError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            AppError::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
             AppError::Unauthenticated => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -13,9 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{AppState, router};
 use crate::config::{DbArgs, ServeArgs};
+use crate::ingest::pipeline::Pipeline;
 use crate::ingest::secret_cache::SecretCache;
+use crate::ingest::writer::{Writer, WriterConfig};
 use crate::secrets::SecretKey;
-use crate::store::{Database, PoolSettings, key_check};
+use crate::spool::Spool;
+use crate::store::{Database, PoolSettings, key_check, partitions};
 use crate::tls;
 
 /// How long in-flight requests may take to finish once shutdown starts.
@@ -52,15 +55,27 @@ async fn serve_with(
 ) -> anyhow::Result<()> {
     key_check::verify_or_init(&database.pool, &key).await?;
     let shutdown = CancellationToken::new();
+    partitions::ensure(&database.pool, chrono::Utc::now())
+        .await
+        .context("cannot create the measurements partitions")?;
+    spawn_maintenance(database.pool.clone(), args.retention, shutdown.clone());
     let secrets = SecretCache::load(database.pool.clone(), key.clone())
         .await
         .context("cannot load destinations")?;
     secrets.clone().spawn_refresher(shutdown.clone());
 
+    let (writer, writer_task) = Writer::start(database.pool.clone(), WriterConfig::default());
+    let spool_dir = db_args.data_dir.join("spool");
+    let spool = Spool::open(&spool_dir, args.spool_max as u64)
+        .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
+    spool.spawn_replayer(writer.clone(), shutdown.clone());
     let state = Arc::new(AppState {
         pool: database.pool.clone(),
         secrets: secrets.clone(),
+        pipeline: Pipeline::new(writer, spool, args.spool_after),
+        ingest_slots: tokio::sync::Semaphore::new(args.max_inflight.max(1)),
         max_body: args.max_body,
+        metrics: crate::metrics::install(),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
 
@@ -112,9 +127,33 @@ async fn serve_with(
             handle.shutdown();
         }
     }
+    writer_task.finish().await;
     shutdown.cancel();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Hourly: partitions for the coming months, and retention.
+fn spawn_maintenance(pool: sqlx::PgPool, retention: Option<Duration>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = chrono::Utc::now();
+            if let Err(e) = partitions::ensure(&pool, now).await {
+                tracing::warn!(error = %e, "cannot create measurements partitions");
+            }
+            if let Some(retention) = retention
+                && let Err(e) = partitions::drop_expired(&pool, now, retention).await
+            {
+                tracing::warn!(error = %e, "cannot drop expired measurements partitions");
+            }
+        }
+    });
 }
 
 fn open_secret_key(db_args: &DbArgs) -> anyhow::Result<SecretKey> {

@@ -715,54 +715,125 @@ async fn data_survives_a_restart_and_secrets_still_verify() {
     assert_eq!(json, json!({"status": "duplicate"}));
 }
 
-#[tokio::test]
-async fn a_database_outage_is_503_with_retry_after_and_nothing_is_lost() {
-    let env = Env::new().await;
-    let plug = env.add_destination("d", &[]);
-    let server = env.serve(&["--db-timeout", "1s"]);
-    let client = client();
-    let db_name = env.database_name.clone();
+/// Cuts the server off its database: no new connections, existing ones terminated.
+async fn cut_off(env: &Env) -> sqlx::PgConnection {
     let mut admin = connect(admin_url().await).await;
-
-    // Cut the server off its database.
+    let db = &env.database_name;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE {db_name} ALLOW_CONNECTIONS false; \
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db_name}'"
+        "ALTER DATABASE {db} ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
     )))
     .execute(&mut admin)
     .await
     .unwrap();
+    // Termination is asynchronous: wait until the backends are gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+                .bind(db)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backends still connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    admin
+}
+
+async fn reconnect(env: &Env, admin: &mut sqlx::PgConnection) {
+    let db = &env.database_name;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {db} ALLOW_CONNECTIONS true"
+    )))
+    .execute(admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_outage_is_spooled_and_replayed_without_loss_or_duplicates() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve(&["--db-timeout", "1s", "--spool-after", "1s"]);
+    let client = client();
+    let mut admin = cut_off(&env).await;
+
+    let body = fixture("value-kinds.json");
+    let (status, json) = status_json(deliver(&client, &server, plug, SECRET, &body).await).await;
+    assert_eq!((status, json), (200, json!({"status": "spooled"})));
+    let other = fixture("m2m-uplink.json");
+    let (status, json) = status_json(deliver(&client, &server, plug, SECRET, &other).await).await;
+    assert_eq!((status, json), (200, json!({"status": "spooled"})));
+    // KPN's retry of a spooled delivery is spooled again; replay stores it once.
+    let (status, _) = status_json(deliver(&client, &server, plug, SECRET, &body).await).await;
+    assert_eq!(status, 200);
+    wait_ready(&client, &server, |j| j["spool"]["deliveries"] == 3).await;
+    // While the destination list cannot be refreshed, a failed verification may be a change
+    // we have not heard of: 503 lets KPN retry instead of dropping it.
+    let r = deliver(
+        &client,
+        &server,
+        plug,
+        "Wrong#Secret-0123456789abcdefghij",
+        &body,
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+
+    reconnect(&env, &mut admin).await;
+    wait_ready(&client, &server, |j| {
+        j["spool"]["deliveries"] == 0 && j["database"] == "ok"
+    })
+    .await;
+    let mut db = connect(&env.database_url).await;
+    let row = sqlx::query(
+        "SELECT (SELECT count(*) FROM messages) AS m, (SELECT count(*) FROM measurements) AS r",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!((row.get::<i64, _>("m"), row.get::<i64, _>("r")), (2, 5 + 3));
+    let (_, json) = status_json(deliver(&client, &server, plug, SECRET, &body).await).await;
+    assert_eq!(json, json!({"status": "duplicate"}));
+    wait_ready(&client, &server, |j| j["destinations"]["current"] == true).await;
+    let r = deliver(
+        &client,
+        &server,
+        plug,
+        "Wrong#Secret-0123456789abcdefghij",
+        &body,
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn a_full_spool_answers_503_with_retry_after() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve(&[
+        "--db-timeout",
+        "1s",
+        "--spool-after",
+        "1s",
+        "--spool-max",
+        "64",
+    ]);
+    let client = client();
+    let mut admin = cut_off(&env).await;
     let body = fixture("value-kinds.json");
     let r = deliver(&client, &server, plug, SECRET, &body).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "5");
-    // Verification needs no database: a wrong token is still 401, not 503.
-    assert_eq!(
-        deliver(
-            &client,
-            &server,
-            plug,
-            "Wrong#Secret-0123456789abcdefghij",
-            &body
-        )
-        .await
-        .status(),
-        401
-    );
-
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE {db_name} ALLOW_CONNECTIONS true"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    // KPN's retry of the same delivery is now stored, once.
+    reconnect(&env, &mut admin).await;
+    wait_ready(&client, &server, |j| j["database"] == "ok").await;
     let (status, json) = status_json(deliver(&client, &server, plug, SECRET, &body).await).await;
     assert_eq!((status, json), (200, json!({"status": "stored"})));
-    let mut db = connect(&env.database_url).await;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM measurements")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
-    assert_eq!(stored, 5);
 }

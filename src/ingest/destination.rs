@@ -14,15 +14,44 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::ingest::headers::extra_headers;
-use crate::senml;
-use crate::store::deliveries::{self, Delivery, StoreOutcome};
+use crate::store::deliveries::RawDelivery;
 use crate::token::{BodyDigest, Token};
 
 pub const PLUG_HEADER: &str = "things-plug-uuid";
 pub const TOKEN_HEADER: &str = "things-message-token";
+const DOOR: &str = "destination";
 
 pub async fn receive(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    // Bounded concurrency: past the limit, answer at once instead of queueing without end.
+    let Ok(_permit) = state.ingest_slots.try_acquire() else {
+        return count(Err(AppError::Overloaded)).into_response();
+    };
+    count(receive_inner(&state, headers, body).await).into_response()
+}
+
+/// Records the outcome by door; the metric names are the project's, stable for dashboards.
+fn count(result: Result<Response, AppError>) -> Result<Response, AppError> {
+    let outcome = match &result {
+        Ok(response) => response
+            .extensions()
+            .get::<Outcome>()
+            .map_or("accepted", |o| o.0),
+        Err(e) => e.code(),
+    };
+    metrics::counter!("things_ingest_requests_total", "door" => DOOR, "outcome" => outcome)
+        .increment(1);
+    result
+}
+
+#[derive(Clone, Copy)]
+struct Outcome(&'static str);
+
+async fn receive_inner(
+    state: &AppState,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
@@ -41,24 +70,34 @@ pub async fn receive(
     let verified = state
         .secrets
         .verify(plug, &digest, &token)
-        .filter(|v| v.destination.headers_match(&headers))
-        .ok_or(AppError::NotVerified)?;
+        .and_then(|v| {
+            if v.destination.headers_match(&headers) {
+                Ok(v)
+            } else {
+                Err(crate::ingest::secret_cache::VerifyFailure::WrongToken)
+            }
+        })
+        .map_err(|reason| {
+            metrics::counter!("things_verification_failures_total", "door" => DOOR, "reason" => reason.as_str())
+                .increment(1);
+            if state.secrets.is_current() {
+                AppError::NotVerified
+            } else {
+                // The destination may have been added or rotated while we could not hear of
+                // it: let KPN retry rather than reject what may be valid.
+                AppError::Unavailable("destinations cannot be checked right now".into())
+            }
+        })?;
 
-    let decoded = senml::resolve(&body, received_at).map_err(|e| e.to_string());
-    let extra = extra_headers(&headers);
-    let outcome = deliveries::store(
-        &state.pool,
-        Delivery {
-            destination_id: verified.destination.id,
-            bind_plug: verified.bind_plug,
-            token,
-            received_at,
-            body: &body,
-            headers: &extra,
-            decoded,
-        },
-    )
-    .await?;
+    let raw = RawDelivery {
+        destination_id: verified.destination.id,
+        bind_plug: verified.bind_plug,
+        token,
+        received_at,
+        body,
+        headers: extra_headers(&headers),
+    };
+    let accepted = state.pipeline.accept(raw).await?;
 
     if verified.bind_plug.is_some() {
         tracing::info!(destination = %verified.destination.name, %plug, "bound pending destination to its plug");
@@ -68,25 +107,18 @@ pub async fn receive(
             tracing::warn!(error = %e, "reloading destinations after binding failed");
         }
     }
-    let status = match outcome {
-        StoreOutcome::Stored { message_id } => {
-            tracing::debug!(message_id, "delivery stored");
-            "stored"
-        }
-        StoreOutcome::Quarantined { message_id } => {
-            tracing::warn!(message_id, destination = %verified.destination.name, "delivery quarantined: not a valid SenML pack");
-            "quarantined"
-        }
-        StoreOutcome::Duplicate => "duplicate",
-    };
+    let status = accepted.as_str();
+    if status == "quarantined" {
+        tracing::warn!(destination = %verified.destination.name, "delivery quarantined: not a valid SenML pack");
+    }
     let code = verified.destination.response_code;
-    Ok(
-        if code == StatusCode::NO_CONTENT || code == StatusCode::RESET_CONTENT {
-            code.into_response()
-        } else {
-            (code, axum::Json(serde_json::json!({ "status": status }))).into_response()
-        },
-    )
+    let mut response = if code == StatusCode::NO_CONTENT || code == StatusCode::RESET_CONTENT {
+        code.into_response()
+    } else {
+        (code, axum::Json(serde_json::json!({ "status": status }))).into_response()
+    };
+    response.extensions_mut().insert(Outcome(status));
+    Ok(response)
 }
 
 fn plug_header(headers: &HeaderMap) -> Result<Uuid, AppError> {

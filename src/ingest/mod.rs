@@ -8,9 +8,12 @@
 //! 3. secret from the in-memory [`secret_cache`], constant-time token check,
 //! 4. only then parsing the SenML (a verified body that does not parse is quarantined, not
 //!    rejected: KPN would retry it three times and then drop it),
-//! 5. one transaction for message, devices, measurements and latest values,
+//! 5. the [`writer`] commits it with other concurrent deliveries in one transaction (message,
+//!    devices, measurements, latest values),
 //! 6. the answer, only after the commit.
 
 pub mod destination;
 pub mod headers;
+pub mod pipeline;
 pub mod secret_cache;
+pub mod writer;

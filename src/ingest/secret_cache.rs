@@ -60,6 +60,22 @@ impl Destination {
     }
 }
 
+/// Why a delivery did not verify (for metrics and logs only: the answer is the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyFailure {
+    UnknownPlug,
+    WrongToken,
+}
+
+impl VerifyFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyFailure::UnknownPlug => "unknown_plug",
+            VerifyFailure::WrongToken => "wrong_token",
+        }
+    }
+}
+
 /// The outcome of a successful verification.
 pub struct Verified {
     pub destination: Arc<Destination>,
@@ -80,6 +96,7 @@ pub struct SecretCache {
     pool: PgPool,
     key: SecretKey,
     snapshot: RwLock<Arc<Snapshot>>,
+    current: std::sync::atomic::AtomicBool,
 }
 
 /// Stands in for a secret when no candidate exists, so an unknown plug still costs a hash.
@@ -92,6 +109,7 @@ impl SecretCache {
             pool,
             key,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            current: std::sync::atomic::AtomicBool::new(true),
         });
         cache.reload().await?;
         Ok(cache)
@@ -177,18 +195,27 @@ impl SecretCache {
     /// Finds the destination whose secret signed this body. For a known plug only its own
     /// secrets are tried; for an unknown plug, the secrets of pending destinations (or a decoy,
     /// so that the work done is the same).
-    pub fn verify(&self, plug: Uuid, digest: &BodyDigest, token: &Token) -> Option<Verified> {
+    pub fn verify(
+        &self,
+        plug: Uuid,
+        digest: &BodyDigest,
+        token: &Token,
+    ) -> Result<Verified, VerifyFailure> {
         let snapshot = self.snapshot();
         let now = Utc::now();
         if let Some(destination) = snapshot.by_plug.get(&plug) {
-            return destination.verify(digest, token, now).then(|| Verified {
-                destination: destination.clone(),
-                bind_plug: None,
-            });
+            return if destination.verify(digest, token, now) {
+                Ok(Verified {
+                    destination: destination.clone(),
+                    bind_plug: None,
+                })
+            } else {
+                Err(VerifyFailure::WrongToken)
+            };
         }
         if snapshot.pending.is_empty() {
             let _ = digest.verify(DECOY_SECRET, token);
-            return None;
+            return Err(VerifyFailure::UnknownPlug);
         }
         let mut found = None;
         for destination in &snapshot.pending {
@@ -196,10 +223,18 @@ impl SecretCache {
                 found = Some(destination.clone());
             }
         }
-        found.map(|destination| Verified {
-            destination,
-            bind_plug: Some(plug),
-        })
+        found
+            .map(|destination| Verified {
+                destination,
+                bind_plug: Some(plug),
+            })
+            .ok_or(VerifyFailure::UnknownPlug)
+    }
+
+    /// Whether the cache is known to match the database: false while the change listener is
+    /// disconnected, when a destination may have been added or rotated without our knowing.
+    pub fn is_current(&self) -> bool {
+        self.current.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Keeps the cache current until `shutdown`: reloads on every notification, after every
@@ -211,6 +246,7 @@ impl SecretCache {
                     biased;
                     _ = shutdown.cancelled() => return,
                     result = self.listen() => {
+                        self.current.store(false, std::sync::atomic::Ordering::Release);
                         if let Err(e) = result {
                             tracing::warn!(error = %e, "destination change listener failed; retrying");
                         }
@@ -230,11 +266,19 @@ impl SecretCache {
         listener.listen(CHANNEL).await?;
         // Anything may have changed while we were not listening.
         self.reload().await?;
+        self.current
+            .store(true, std::sync::atomic::Ordering::Release);
         loop {
             match tokio::time::timeout(FALLBACK_RELOAD, listener.try_recv()).await {
                 Ok(Ok(Some(_))) | Err(_) => self.reload().await?,
                 // The connection dropped and was re-established: notifications may be lost.
-                Ok(Ok(None)) => self.reload().await?,
+                Ok(Ok(None)) => {
+                    self.current
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    self.reload().await?;
+                    self.current
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 Ok(Err(e)) => return Err(e),
             }
         }

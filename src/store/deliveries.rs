@@ -1,24 +1,35 @@
-//! Writing one verified delivery: the raw message, its devices, measurements and latest
-//! values, all in one transaction, so an answer of success always means all of it is durable.
+//! Writing verified deliveries: raw messages, devices, measurements and latest values for a
+//! whole batch in one transaction, so that an answer of success always means all of it is
+//! durable, and so that many concurrent deliveries share one commit (group commit).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::senml::{Measurement, Value, device_key, device_kind};
 use crate::token::Token;
 
-/// A delivery whose token has been verified, ready to store.
-pub struct Delivery<'a> {
+/// A verified delivery as it arrived: everything needed to store it, or to spool it and
+/// store it later.
+#[derive(Debug, Clone)]
+pub struct RawDelivery {
     pub destination_id: Uuid,
     /// Set when this delivery is the first for a pending destination: bind it to this plug.
     pub bind_plug: Option<Uuid>,
     pub token: Token,
     pub received_at: DateTime<Utc>,
-    pub body: &'a [u8],
-    pub headers: &'a BTreeMap<String, String>,
+    pub body: Bytes,
+    /// The non-secret extra headers kept with it.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A verified delivery with its resolved SenML, ready to store.
+#[derive(Debug)]
+pub struct Delivery {
+    pub raw: RawDelivery,
     /// The resolved pack, or why it is not a valid SenML pack (then it is quarantined).
     pub decoded: Result<Vec<Measurement>, String>,
 }
@@ -35,58 +46,142 @@ pub enum StoreOutcome {
     Duplicate,
 }
 
-pub async fn store(pool: &PgPool, delivery: Delivery<'_>) -> Result<StoreOutcome, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    if let Some(plug) = delivery.bind_plug
-        && !crate::store::destinations::bind_plug(&mut *tx, delivery.destination_id, plug).await?
-    {
-        tracing::info!(%plug, "pending destination was bound by a concurrent delivery");
+impl StoreOutcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StoreOutcome::Stored { .. } => "stored",
+            StoreOutcome::Quarantined { .. } => "quarantined",
+            StoreOutcome::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// Stores `batch` in one transaction on `conn` and returns one outcome per delivery, in order.
+///
+/// A delivery that repeats an earlier one in the same batch, or one stored before, is a
+/// duplicate. The caller commits nothing: this function begins and commits its own transaction.
+pub async fn store_batch(
+    conn: &mut PgConnection,
+    batch: &[Delivery],
+) -> Result<Vec<StoreOutcome>, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+
+    for delivery in batch {
+        if let Some(plug) = delivery.raw.bind_plug
+            && !crate::store::destinations::bind_plug(&mut *tx, delivery.raw.destination_id, plug)
+                .await?
+        {
+            tracing::info!(%plug, "pending destination was bound by a concurrent delivery");
+        }
     }
 
-    let (status, decode_error, record_count) = match &delivery.decoded {
-        Ok(records) => ("stored", None, records.len() as i32),
-        Err(reason) => ("quarantined", Some(reason.as_str()), 0),
-    };
-    // ON CONFLICT DO NOTHING makes a retry (same token) a no-op, also when the first attempt
-    // is still in flight in another transaction: this one waits for it and then sees the row.
-    let message_id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO messages (destination_id, token, received_at, body, headers, status, decode_error, record_count) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT ON CONSTRAINT messages_delivery_key DO NOTHING RETURNING id",
-    )
-    .bind(delivery.destination_id)
-    .bind(&delivery.token.0[..])
-    .bind(delivery.received_at)
-    .bind(delivery.body)
-    .bind(sqlx::types::Json(delivery.headers))
-    .bind(status)
-    .bind(decode_error)
-    .bind(record_count)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(message_id) = message_id else {
-        tx.commit().await?;
-        return Ok(StoreOutcome::Duplicate);
-    };
-
-    let outcome = match &delivery.decoded {
-        Err(_) => StoreOutcome::Quarantined { message_id },
-        Ok(records) if records.is_empty() => StoreOutcome::Stored { message_id },
-        Ok(records) => {
-            let device_ids = upsert_devices(&mut tx, records, delivery.received_at).await?;
-            insert_measurements(&mut tx, records, &device_ids, message_id).await?;
-            upsert_latest(&mut tx, records, &device_ids, message_id).await?;
-            let first_device = device_ids.get(&device_key(&records[0].device)).copied();
-            sqlx::query("UPDATE messages SET device_id = $2 WHERE id = $1")
-                .bind(message_id)
-                .bind(first_device)
-                .execute(&mut *tx)
-                .await?;
-            StoreOutcome::Stored { message_id }
+    // The first occurrence of each (destination, token) represents it; later ones in the same
+    // batch are duplicates by definition.
+    let mut first: HashMap<(Uuid, [u8; 32]), usize> = HashMap::with_capacity(batch.len());
+    let mut unique: Vec<usize> = Vec::with_capacity(batch.len());
+    for (i, delivery) in batch.iter().enumerate() {
+        let key = (delivery.raw.destination_id, delivery.raw.token.0);
+        if let std::collections::hash_map::Entry::Vacant(slot) = first.entry(key) {
+            slot.insert(i);
+            unique.push(i);
         }
-    };
+    }
+
+    let message_ids = insert_messages(&mut tx, batch, &unique).await?;
+    let mut outcomes = vec![StoreOutcome::Duplicate; batch.len()];
+    let mut new_messages: Vec<(i64, &[Measurement])> = Vec::new();
+    for &i in &unique {
+        let delivery = &batch[i];
+        let Some(&id) = message_ids.get(&(delivery.raw.destination_id, delivery.raw.token.0))
+        else {
+            continue;
+        };
+        outcomes[i] = match &delivery.decoded {
+            Ok(records) => {
+                if !records.is_empty() {
+                    new_messages.push((id, records));
+                }
+                StoreOutcome::Stored { message_id: id }
+            }
+            Err(_) => StoreOutcome::Quarantined { message_id: id },
+        };
+    }
+
+    if !new_messages.is_empty() {
+        let seen = batch
+            .iter()
+            .map(|d| d.raw.received_at)
+            .max()
+            .unwrap_or_else(Utc::now);
+        let device_ids = upsert_devices(&mut tx, &new_messages, seen).await?;
+        insert_measurements(&mut tx, &new_messages, &device_ids).await?;
+        upsert_latest(&mut tx, &new_messages, &device_ids).await?;
+        set_message_devices(&mut tx, &new_messages, &device_ids).await?;
+    }
     tx.commit().await?;
-    Ok(outcome)
+    Ok(outcomes)
+}
+
+/// Inserts the messages at `indices`, skipping those stored before; returns the new ids.
+///
+/// `ON CONFLICT DO NOTHING` makes a retry a no-op, also when the first attempt is still in
+/// flight in another transaction: this one waits for it and then sees the row.
+async fn insert_messages(
+    tx: &mut PgConnection,
+    batch: &[Delivery],
+    indices: &[usize],
+) -> Result<HashMap<(Uuid, [u8; 32]), i64>, sqlx::Error> {
+    let n = indices.len();
+    let mut destination = Vec::with_capacity(n);
+    let mut token: Vec<&[u8]> = Vec::with_capacity(n);
+    let mut received = Vec::with_capacity(n);
+    let mut body: Vec<&[u8]> = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut error: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut count = Vec::with_capacity(n);
+    for &i in indices {
+        let (d, decoded) = (&batch[i].raw, &batch[i].decoded);
+        destination.push(d.destination_id);
+        token.push(&d.token.0[..]);
+        received.push(d.received_at);
+        body.push(&d.body[..]);
+        headers.push(serde_json::to_string(&d.headers).unwrap_or_else(|_| "{}".into()));
+        match decoded {
+            Ok(records) => {
+                status.push("stored");
+                error.push(None);
+                count.push(records.len() as i32);
+            }
+            Err(reason) => {
+                status.push("quarantined");
+                error.push(Some(reason.as_str()));
+                count.push(0);
+            }
+        }
+    }
+    let rows: Vec<(i64, Uuid, Vec<u8>)> = sqlx::query_as(
+        "INSERT INTO messages (destination_id, token, received_at, body, headers, status, decode_error, record_count) \
+         SELECT d, t, r, b, h::jsonb, s, e, c \
+         FROM UNNEST($1::uuid[], $2::bytea[], $3::timestamptz[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int4[]) \
+              AS u(d, t, r, b, h, s, e, c) \
+         ON CONFLICT ON CONSTRAINT messages_delivery_key DO NOTHING \
+         RETURNING id, destination_id, token",
+    )
+    .bind(&destination)
+    .bind(&token)
+    .bind(&received)
+    .bind(&body)
+    .bind(&headers)
+    .bind(&status)
+    .bind(&error)
+    .bind(&count)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, destination, token)| Some(((destination, token.try_into().ok()?), id)))
+        .collect())
 }
 
 /// Inserts unseen devices and bumps `last_seen`; returns device id by normalised key.
@@ -94,15 +189,17 @@ pub async fn store(pool: &PgPool, delivery: Delivery<'_>) -> Result<StoreOutcome
 /// Keys are sorted so that concurrent transactions lock device rows in the same order and
 /// cannot deadlock.
 async fn upsert_devices(
-    tx: &mut sqlx::PgConnection,
-    records: &[Measurement],
+    tx: &mut PgConnection,
+    messages: &[(i64, &[Measurement])],
     seen: DateTime<Utc>,
-) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+) -> Result<HashMap<String, i64>, sqlx::Error> {
     let mut devices: BTreeMap<String, &str> = BTreeMap::new();
-    for record in records {
-        devices
-            .entry(device_key(&record.device))
-            .or_insert(&record.device);
+    for (_, records) in messages {
+        for record in *records {
+            devices
+                .entry(device_key(&record.device))
+                .or_insert(&record.device);
+        }
     }
     let keys: Vec<&str> = devices.keys().map(String::as_str).collect();
     let urns: Vec<&str> = devices.values().copied().collect();
@@ -126,7 +223,6 @@ async fn upsert_devices(
 }
 
 /// Column vectors for an UNNEST insert of measurement-shaped rows.
-#[derive(Default)]
 struct Columns<'a> {
     device_id: Vec<i64>,
     time: Vec<DateTime<Utc>>,
@@ -137,6 +233,7 @@ struct Columns<'a> {
     bool_value: Vec<Option<bool>>,
     data_value: Vec<Option<&'a [u8]>>,
     sum: Vec<Option<f64>>,
+    message_id: Vec<i64>,
 }
 
 impl<'a> Columns<'a> {
@@ -151,10 +248,11 @@ impl<'a> Columns<'a> {
             bool_value: Vec::with_capacity(n),
             data_value: Vec::with_capacity(n),
             sum: Vec::with_capacity(n),
+            message_id: Vec::with_capacity(n),
         }
     }
 
-    fn push(&mut self, device_id: i64, m: &'a Measurement) {
+    fn push(&mut self, device_id: i64, m: &'a Measurement, message_id: i64) {
         self.device_id.push(device_id);
         self.time.push(m.time);
         self.name.push(&m.name);
@@ -172,13 +270,11 @@ impl<'a> Columns<'a> {
         self.bool_value.push(b);
         self.data_value.push(d);
         self.sum.push(m.sum);
+        self.message_id.push(message_id);
     }
 
-    fn bind_to<'q>(
-        &'q self,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        query
+    async fn execute(&self, tx: &mut PgConnection, sql: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql)
             .bind(&self.device_id)
             .bind(&self.time)
             .bind(&self.name)
@@ -188,75 +284,93 @@ impl<'a> Columns<'a> {
             .bind(&self.bool_value)
             .bind(&self.data_value)
             .bind(&self.sum)
+            .bind(&self.message_id)
+            .execute(tx)
+            .await?;
+        Ok(())
     }
 }
 
-const UNNEST_COLUMNS: &str = "UNNEST($1::int8[], $2::timestamptz[], $3::text[], $4::text[], \
-     $5::float8[], $6::text[], $7::bool[], $8::bytea[], $9::float8[])";
+const INSERT_MEASUREMENTS: &str = "INSERT INTO measurements \
+     (device_id, time, name, unit, value, string_value, bool_value, data_value, sum, message_id) \
+     SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::float8[], \
+                          $6::text[], $7::bool[], $8::bytea[], $9::float8[], $10::int8[])";
 
 async fn insert_measurements(
-    tx: &mut sqlx::PgConnection,
-    records: &[Measurement],
-    device_ids: &BTreeMap<String, i64>,
-    message_id: i64,
+    tx: &mut PgConnection,
+    messages: &[(i64, &[Measurement])],
+    device_ids: &HashMap<String, i64>,
 ) -> Result<(), sqlx::Error> {
-    let mut columns = Columns::with_capacity(records.len());
-    for record in records {
-        columns.push(device_ids[&device_key(&record.device)], record);
+    let total = messages.iter().map(|(_, r)| r.len()).sum();
+    let mut columns = Columns::with_capacity(total);
+    for (message_id, records) in messages {
+        for record in *records {
+            columns.push(device_ids[&device_key(&record.device)], record, *message_id);
+        }
     }
-    let sql = format!(
-        "INSERT INTO measurements (device_id, time, name, unit, value, string_value, bool_value, data_value, sum, message_id) \
-         SELECT *, $10 FROM {UNNEST_COLUMNS}"
-    );
-    columns
-        .bind_to(sqlx::query(sqlx::AssertSqlSafe(sql)))
-        .bind(message_id)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+    columns.execute(tx, INSERT_MEASUREMENTS).await
 }
+
+const UPSERT_LATEST: &str = "INSERT INTO latest_values \
+     (device_id, time, name, unit, value, string_value, bool_value, data_value, sum, message_id) \
+     SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::float8[], \
+                          $6::text[], $7::bool[], $8::bytea[], $9::float8[], $10::int8[]) \
+     ON CONFLICT (device_id, name) DO UPDATE SET time = EXCLUDED.time, unit = EXCLUDED.unit, \
+         value = EXCLUDED.value, string_value = EXCLUDED.string_value, bool_value = EXCLUDED.bool_value, \
+         data_value = EXCLUDED.data_value, sum = EXCLUDED.sum, message_id = EXCLUDED.message_id \
+     WHERE latest_values.time <= EXCLUDED.time";
 
 /// Keeps `latest_values` at the newest measurement per (device, name).
 ///
 /// One statement may not touch a row twice, so the newest record per key is picked here
 /// first; rows are sorted by key for a stable lock order.
 async fn upsert_latest(
-    tx: &mut sqlx::PgConnection,
-    records: &[Measurement],
-    device_ids: &BTreeMap<String, i64>,
-    message_id: i64,
+    tx: &mut PgConnection,
+    messages: &[(i64, &[Measurement])],
+    device_ids: &HashMap<String, i64>,
 ) -> Result<(), sqlx::Error> {
-    let mut newest: BTreeMap<(i64, &str), &Measurement> = BTreeMap::new();
-    for record in records {
-        let key = (
-            device_ids[&device_key(&record.device)],
-            record.name.as_str(),
-        );
-        newest
-            .entry(key)
-            .and_modify(|m| {
-                if record.time >= m.time {
-                    *m = record;
-                }
-            })
-            .or_insert(record);
+    let mut newest: BTreeMap<(i64, &str), (&Measurement, i64)> = BTreeMap::new();
+    for (message_id, records) in messages {
+        for record in *records {
+            let key = (
+                device_ids[&device_key(&record.device)],
+                record.name.as_str(),
+            );
+            newest
+                .entry(key)
+                .and_modify(|(m, id)| {
+                    if record.time >= m.time {
+                        *m = record;
+                        *id = *message_id;
+                    }
+                })
+                .or_insert((record, *message_id));
+        }
     }
     let mut columns = Columns::with_capacity(newest.len());
-    for ((device_id, _), record) in &newest {
-        columns.push(*device_id, record);
+    for ((device_id, _), (record, message_id)) in &newest {
+        columns.push(*device_id, record, *message_id);
     }
-    let sql = format!(
-        "INSERT INTO latest_values (device_id, time, name, unit, value, string_value, bool_value, data_value, sum, message_id) \
-         SELECT *, $10 FROM {UNNEST_COLUMNS} \
-         ON CONFLICT (device_id, name) DO UPDATE SET time = EXCLUDED.time, unit = EXCLUDED.unit, \
-             value = EXCLUDED.value, string_value = EXCLUDED.string_value, bool_value = EXCLUDED.bool_value, \
-             data_value = EXCLUDED.data_value, sum = EXCLUDED.sum, message_id = EXCLUDED.message_id \
-         WHERE latest_values.time <= EXCLUDED.time"
-    );
-    columns
-        .bind_to(sqlx::query(sqlx::AssertSqlSafe(sql)))
-        .bind(message_id)
-        .execute(&mut *tx)
-        .await?;
+    columns.execute(tx, UPSERT_LATEST).await
+}
+
+/// Records each message's (first) device, for listing messages by device.
+async fn set_message_devices(
+    tx: &mut PgConnection,
+    messages: &[(i64, &[Measurement])],
+    device_ids: &HashMap<String, i64>,
+) -> Result<(), sqlx::Error> {
+    let (ids, devices): (Vec<i64>, Vec<i64>) = messages
+        .iter()
+        .map(|(id, records)| (*id, device_ids[&device_key(&records[0].device)]))
+        .unzip();
+    sqlx::query(
+        "UPDATE messages m SET device_id = u.d FROM UNNEST($1::int8[], $2::int8[]) AS u(i, d) \
+         WHERE m.id = u.i",
+    )
+    .bind(&ids)
+    .bind(&devices)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod key_check;
 pub mod measurements;
 pub mod messages;
+pub mod partitions;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

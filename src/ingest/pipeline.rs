@@ -1,0 +1,93 @@
+//! What every front door does once a delivery is verified: resolve the SenML, then make the
+//! delivery durable, in PostgreSQL through the group-commit writer or, if the database cannot
+//! take it in time, in the local spool.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::error::AppError;
+use crate::ingest::writer::{WriteError, Writer};
+use crate::senml;
+use crate::spool::Spool;
+use crate::store::deliveries::{Delivery, RawDelivery, StoreOutcome};
+
+/// Where an accepted delivery now lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    Stored(StoreOutcome),
+    /// In the local spool, to be replayed into PostgreSQL.
+    Spooled,
+}
+
+impl Accepted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accepted::Stored(outcome) => outcome.as_str(),
+            Accepted::Spooled => "spooled",
+        }
+    }
+}
+
+/// The durable-storage half of the ingest path.
+pub struct Pipeline {
+    writer: Writer,
+    spool: Spool,
+    /// How long a delivery may wait for its commit before it is spooled instead.
+    spool_after: Duration,
+    /// Until when (Unix milliseconds) the database is presumed down after a failure: deliveries
+    /// go straight to the spool instead of each waiting for a doomed commit.
+    suspect_until: AtomicI64,
+}
+
+/// How long a database failure sends deliveries straight to the spool.
+const SUSPECT_FOR: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
+impl Pipeline {
+    pub fn new(writer: Writer, spool: Spool, spool_after: Duration) -> Self {
+        Pipeline {
+            writer,
+            spool,
+            spool_after,
+            suspect_until: AtomicI64::new(0),
+        }
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Resolves and stores a verified delivery; returns only once it is durable.
+    pub async fn accept(&self, raw: RawDelivery) -> Result<Accepted, AppError> {
+        let now = Utc::now().timestamp_millis();
+        // Skip the database only while it is suspect and the spool is not yet drained: an
+        // empty spool means the replayer (or nobody) has found the database down since.
+        let suspect = now < self.suspect_until.load(Ordering::Relaxed);
+        if !suspect || self.spool.depth().0 == 0 {
+            let decoded = senml::resolve(&raw.body, raw.received_at).map_err(|e| e.to_string());
+            let delivery = Delivery {
+                raw: raw.clone(),
+                decoded,
+            };
+            let reason =
+                match tokio::time::timeout(self.spool_after, self.writer.submit(delivery)).await {
+                    Ok(Ok(outcome)) => return Ok(Accepted::Stored(outcome)),
+                    Ok(Err(WriteError::Overloaded)) => "the writer queue is full".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no commit within {:?}", self.spool_after),
+                };
+            self.suspect_until.store(
+                (Utc::now() + SUSPECT_FOR).timestamp_millis(),
+                Ordering::Relaxed,
+            );
+            tracing::warn!(%reason, "spooling deliveries: the database cannot take them now");
+        }
+        match self.spool.append(&raw).await {
+            Ok(()) => Ok(Accepted::Spooled),
+            Err(e) => Err(AppError::Unavailable(format!(
+                "neither the database nor the spool can take the delivery: {e}"
+            ))),
+        }
+    }
+}

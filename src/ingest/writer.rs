@@ -1,0 +1,248 @@
+//! The group-commit writer: concurrent verified deliveries share transactions.
+//!
+//! A commit costs an fsync, and on a small machine that fsync, not the inserts, bounds how
+//! many deliveries per second we can make durable. So requests hand their delivery to this
+//! writer and wait; the writer takes whatever has queued up (at most `max_batch`) and commits it
+//! in one transaction with bulk inserts, with up to `concurrency` transactions in flight. Under
+//! light load a batch is a single delivery and adds no latency; under heavy load batches grow
+//! by themselves while earlier ones commit. Every request is answered only after the
+//! transaction holding its delivery has committed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::deliveries::{self, Delivery, StoreOutcome};
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Most deliveries in one transaction.
+    pub max_batch: usize,
+    /// Most deliveries waiting for a transaction; beyond it submissions fail at once.
+    pub queue: usize,
+    /// Transactions in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            max_batch: 512,
+            queue: 8192,
+            concurrency: 3,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the writer queue is full")]
+    Overloaded,
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("the writer has stopped")]
+    Closed,
+}
+
+struct Job {
+    delivery: Delivery,
+    reply: oneshot::Sender<Result<StoreOutcome, WriteError>>,
+}
+
+/// Handle for submitting deliveries; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Job>,
+}
+
+/// The running writer, for shutting it down in order.
+pub struct WriterTask {
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl WriterTask {
+    /// Stops taking new deliveries, commits everything already queued, and waits for the
+    /// transactions in flight.
+    pub async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+impl Writer {
+    pub fn start(pool: PgPool, config: WriterConfig) -> (Writer, WriterTask) {
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(dispatch(pool, config, rx, stop.clone()));
+        (Writer { queue: tx }, WriterTask { task, stop })
+    }
+
+    /// Queues `delivery` and waits until its transaction has committed (or failed).
+    pub async fn submit(&self, delivery: Delivery) -> Result<StoreOutcome, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job { delivery, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => WriteError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => WriteError::Closed,
+            })?;
+        metrics::gauge!("things_writer_queue_depth")
+            .set((self.queue.max_capacity() - self.queue.capacity()) as f64);
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+}
+
+async fn dispatch(
+    pool: PgPool,
+    config: WriterConfig,
+    mut rx: mpsc::Receiver<Job>,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let max_batch = config.max_batch.max(1);
+    loop {
+        let first = tokio::select! {
+            biased;
+            job = rx.recv() => job,
+            _ = stop.cancelled(), if !rx.is_closed() => {
+                // Refuse new submissions; what is queued is still received and committed.
+                rx.close();
+                continue;
+            }
+        };
+        let Some(first) = first else {
+            break;
+        };
+        let mut batch = vec![first];
+        // Wait for a free transaction slot; whatever queues meanwhile joins this batch.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            commit(&pool, batch).await;
+            drop(permit);
+        });
+    }
+    // Nothing more will come: wait for the transactions still in flight.
+    let _ = permits.acquire_many(config.concurrency.max(1) as u32).await;
+}
+
+async fn commit(pool: &PgPool, jobs: Vec<Job>) {
+    let started = Instant::now();
+    metrics::histogram!("things_writer_batch_size").record(jobs.len() as f64);
+    let (deliveries, replies): (Vec<Delivery>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.delivery, j.reply)).unzip();
+    let result = store_with_retry(pool, &deliveries).await;
+    metrics::histogram!("things_writer_commit_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(Failure::Unavailable(e)) => {
+            metrics::counter!("things_writer_failed_batches_total").increment(1);
+            tracing::warn!(error = %e, deliveries = deliveries.len(), "batch not stored: database unavailable");
+            for reply in replies {
+                let _ = reply.send(Err(WriteError::Unavailable(clone_error(&e))));
+            }
+        }
+        Err(Failure::Data(e)) => {
+            // Something in the batch cannot be stored as it is (it should have been caught
+            // earlier). Store the deliveries one by one so the rest are not held hostage, and
+            // keep the one that fails as a quarantined raw message.
+            tracing::error!(error = %e, deliveries = deliveries.len(), "batch failed; storing deliveries one by one");
+            for (delivery, reply) in deliveries.into_iter().zip(replies) {
+                let _ = reply.send(store_alone(pool, delivery).await);
+            }
+        }
+    }
+}
+
+/// Why a batch was not stored.
+enum Failure {
+    /// The database cannot be reached or cannot write now.
+    Unavailable(sqlx::Error),
+    /// The database refused the data itself.
+    Data(sqlx::Error),
+}
+
+/// Deadlocks and serialisation failures are transient: try the batch again a few times.
+async fn store_with_retry(
+    pool: &PgPool,
+    deliveries: &[Delivery],
+) -> Result<Vec<StoreOutcome>, Failure> {
+    let mut attempt = 0;
+    loop {
+        // Not getting a connection at all is always an availability problem.
+        let mut conn = pool.acquire().await.map_err(Failure::Unavailable)?;
+        match deliveries::store_batch(&mut conn, deliveries).await {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(e) if is_transient(&e) && attempt < 3 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "retrying batch");
+            }
+            Err(e) if is_unavailable(&e) => return Err(Failure::Unavailable(e)),
+            Err(e) => return Err(Failure::Data(e)),
+        }
+    }
+}
+
+async fn store_alone(pool: &PgPool, mut delivery: Delivery) -> Result<StoreOutcome, WriteError> {
+    match store_with_retry(pool, std::slice::from_ref(&delivery)).await {
+        Ok(mut outcomes) => return Ok(outcomes.remove(0)),
+        Err(Failure::Unavailable(e)) => return Err(WriteError::Unavailable(e)),
+        Err(Failure::Data(e)) => {
+            tracing::error!(error = %e, "delivery cannot be stored as measurements; quarantining it");
+            delivery.decoded = Err(format!("cannot be stored as measurements: {e}"));
+            delivery.raw.headers.clear();
+        }
+    }
+    match store_with_retry(pool, std::slice::from_ref(&delivery)).await {
+        Ok(mut outcomes) => Ok(outcomes.remove(0)),
+        Err(Failure::Unavailable(e) | Failure::Data(e)) => Err(WriteError::Unavailable(e)),
+    }
+}
+
+/// Whether `error` means the database cannot be reached or cannot take writes now (as
+/// opposed to something wrong with the data).
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // connection exceptions, insufficient resources, operator intervention
+            // (shutdown, cannot connect now), system errors, read-only transactions.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code.starts_with("58")
+                || code == "25006"
+        }),
+        _ => false,
+    }
+}
+
+fn is_transient(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "40P01" || c == "40001"))
+}
+
+/// sqlx errors are not `Clone`; every waiting request gets an equivalent one.
+fn clone_error(error: &sqlx::Error) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::other(error.to_string()))
+}
