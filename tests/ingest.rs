@@ -726,15 +726,17 @@ async fn cut_off(env: &Env) -> sqlx::PgConnection {
     .execute(&mut admin)
     .await
     .unwrap();
-    // Termination is asynchronous: wait until the backends are gone.
+    // Termination is asynchronous, and a connection that passed the check just before the
+    // ALTER may still arrive: terminate until none is left.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
-                .bind(db)
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(db)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
         if left == 0 {
             break;
         }
