@@ -17,6 +17,8 @@ use things_receiver::store::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use things_receiver::token::Token;
 use tokio::sync::OnceCell;
 
+pub mod load;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_things-receiver");
 
 /// A test secret that satisfies KPN's rules.
