@@ -1,0 +1,436 @@
+//! Ingest throughput benchmark: `cargo bench --bench ingest`.
+//!
+//! Drives the real release binary over TLS with keep-alive, against its real PostgreSQL
+//! (a private cluster with fsync on), with unique, correctly signed KPN-shaped packs of 3 to 10
+//! records. In the same invocation it measures two ceilings on the same machine:
+//!
+//! - a bare TLS server (same rustls policy) that only verifies the token and answers 200;
+//! - a direct bulk insert of the same rows into PostgreSQL (`store_batch`, 500 deliveries per
+//!   transaction, commits durable).
+//!
+//! and prints our throughput as a ratio of each, because this machine is shared and noisy.
+//! Environment: `BENCH_SECONDS` (per phase, default 10), `BENCH_CONCURRENCY` (default 64).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Utc;
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use things_receiver::senml;
+use things_receiver::store::deliveries::{Delivery, RawDelivery, store_batch};
+use things_receiver::store::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use things_receiver::token::{BodyDigest, Token};
+
+const SECRET: &str = "Bench#Secret-0123456789abcdefghijklmn";
+const BIN: &str = env!("CARGO_BIN_EXE_things-receiver");
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A unique pack of 3 to 10 records.
+fn pack(i: u64) -> Vec<u8> {
+    let records = 3 + i % 8;
+    let mut pack = format!(
+        r#"[{{"bn":"urn:dev:DEVEUI:{:016X}:","bt":{},"n":"payload","vs":"{:08x}"}}"#,
+        0x0059_AC00_0000_0000u64 + i % 1000,
+        1_700_000_000 + i,
+        i
+    );
+    for r in 1..records {
+        pack.push_str(&format!(
+            r#",{{"n":"m{r}","u":"Cel","v":{}.{}}}"#,
+            i % 40,
+            r
+        ));
+    }
+    pack.push(']');
+    pack.into_bytes()
+}
+
+struct Run {
+    deliveries: u64,
+    seconds: f64,
+    latencies_us: Vec<u64>,
+    errors: u64,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.deliveries as f64 / self.seconds
+    }
+    fn percentile(&mut self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies_us.sort_unstable();
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+}
+
+/// Sends unique packs from `concurrency` keep-alive connections for `seconds`; with
+/// `rate` set, paces them to that many per second in total.
+async fn load(
+    url: &str,
+    plug: uuid::Uuid,
+    concurrency: u64,
+    seconds: u64,
+    rate: Option<f64>,
+    start_at: u64,
+) -> Run {
+    let client = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .http1_only()
+        .pool_max_idle_per_host(concurrency as usize)
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicU64::new(start_at));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let client = client.clone();
+        let url = url.to_owned();
+        let next = next.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let interval = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r));
+            let mut due = Instant::now()
+                + interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(worker as f64 / concurrency as f64)
+                });
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(due.into()).await;
+                    due += interval;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let body = pack(i);
+                let token = Token::sign(&body, SECRET.as_bytes()).to_hex();
+                let sent = Instant::now();
+                let result = client
+                    .post(&url)
+                    .header("Things-Plug-UUID", plug.to_string())
+                    .header("Things-Message-Token", token)
+                    .header("Content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match result {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        latencies.push(sent.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut run = Run {
+        deliveries: 0,
+        seconds: 0.0,
+        latencies_us: Vec::new(),
+        errors: 0,
+    };
+    for task in tasks {
+        let (latencies, errors) = task.await.unwrap();
+        run.deliveries += latencies.len() as u64;
+        run.latencies_us.extend(latencies);
+        run.errors += errors;
+    }
+    run.seconds = started.elapsed().as_secs_f64();
+    run
+}
+
+/// CPU seconds (user + system) used so far by `pid`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of `pid` in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The verify-only ceiling: same TLS policy, token check, 200.
+async fn bare_server(data_dir: &Path) -> (String, axum_server::Handle<std::net::SocketAddr>) {
+    let (cert, key) = things_receiver::tls::dev_certificate(data_dir).unwrap();
+    let (chain, key) = things_receiver::tls::load_pem(&cert, &key).unwrap();
+    let config = things_receiver::tls::server_config(chain, key).unwrap();
+    let app = axum::Router::new().route(
+        "/ingest/kpn",
+        axum::routing::post(|headers: HeaderMap, body: Bytes| async move {
+            let token = headers
+                .get("things-message-token")
+                .and_then(|v| v.to_str().ok())
+                .and_then(Token::parse);
+            match token {
+                Some(t) if BodyDigest::new(&body).verify(SECRET.as_bytes(), &t) => StatusCode::OK,
+                _ => StatusCode::UNAUTHORIZED,
+            }
+        }),
+    );
+    let handle = axum_server::Handle::new();
+    let server = axum_server::bind_rustls(
+        "127.0.0.1:0".parse().unwrap(),
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config)),
+    )
+    .handle(handle.clone());
+    tokio::spawn(server.serve(app.into_make_service()));
+    let addr = handle.listening().await.unwrap();
+    (format!("https://{addr}/ingest/kpn"), handle)
+}
+
+/// The database ceiling: the same deliveries stored directly, 500 per transaction, on two
+/// connections (as many as commit concurrently in the server's writer at a time, roughly).
+async fn bulk_insert(url: &str, destination: uuid::Uuid, seconds: u64, start_at: u64) -> Run {
+    let next = Arc::new(AtomicU64::new(start_at));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let url = url.to_owned();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = PgConnection::connect(&url).await.unwrap();
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                let first = next.fetch_add(500, Ordering::Relaxed);
+                let batch: Vec<Delivery> = (first..first + 500)
+                    .map(|i| {
+                        let body = Bytes::from(pack(i));
+                        let token = Token::sign(&body, SECRET.as_bytes());
+                        let received_at = Utc::now();
+                        Delivery {
+                            decoded: senml::resolve(&body, received_at).map_err(|e| e.to_string()),
+                            raw: RawDelivery {
+                                destination_id: destination,
+                                bind_plug: None,
+                                token,
+                                received_at,
+                                body,
+                                headers: Default::default(),
+                            },
+                        }
+                    })
+                    .collect();
+                store_batch(&mut conn, &batch).await.unwrap();
+                done += 500;
+            }
+            done
+        }));
+    }
+    let mut deliveries = 0;
+    for task in tasks {
+        deliveries += task.await.unwrap();
+    }
+    Run {
+        deliveries,
+        seconds: started.elapsed().as_secs_f64(),
+        latencies_us: Vec::new(),
+        errors: 0,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    things_receiver::tls::install_default_provider();
+    let seconds = env_or("BENCH_SECONDS", 10);
+    let concurrency = env_or("BENCH_CONCURRENCY", 64);
+    let work = tempfile::Builder::new()
+        .prefix("things-bench")
+        .tempdir_in("/tmp")
+        .unwrap();
+
+    // PostgreSQL with its production settings: fsync and synchronous_commit on.
+    let pg = EmbeddedPostgres::start(&work.path().join("pg"), &EmbeddedOptions { durable: true })
+        .await
+        .unwrap();
+    let url = format!(
+        "postgres://{}@localhost:{}/postgres?host={}",
+        pg.user(),
+        pg.port(),
+        pg.socket_dir().display()
+    );
+    let data_dir = work.path().join("data");
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--database-url")
+            .arg(&url)
+            .args(args)
+            .env("THINGS_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let plug = uuid::Uuid::new_v4();
+    cli(&[
+        "destinations",
+        "add",
+        "--name",
+        "bench",
+        "--plug",
+        &plug.to_string(),
+        "--secret",
+        SECRET,
+    ]);
+
+    let mut server = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--database-url")
+        .arg(&url)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("THINGS_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server_url = {
+        use std::io::BufRead;
+        let stdout = server.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().unwrap().unwrap();
+        std::thread::spawn(move || for _ in lines {});
+        format!(
+            "{}/ingest/kpn",
+            first.split(" listening on ").nth(1).unwrap().trim()
+        )
+    };
+    let pid = server.id();
+
+    println!(
+        "ingest benchmark: {seconds} s per phase, {concurrency} keep-alive TLS connections, packs of 3-10 records"
+    );
+
+    // 1. Our server at full speed.
+    let cpu_before = cpu_seconds(pid);
+    let mut ours = load(&server_url, plug, concurrency, seconds, None, 0).await;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let max_rate = ours.rate();
+    // 2. Our server at half that rate, for latency.
+    let mut half = load(
+        &server_url,
+        plug,
+        concurrency,
+        seconds,
+        Some(max_rate / 2.0),
+        100_000_000,
+    )
+    .await;
+    let rss = peak_rss_mib(pid);
+
+    // Count what is really stored (spooled deliveries would not count as stored).
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let destination: uuid::Uuid = sqlx::query_scalar("SELECT id FROM destinations LIMIT 1")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = server.wait();
+
+    // 3. Ceiling: verify-only TLS server.
+    let (bare_url, handle) = bare_server(&work.path().join("bare")).await;
+    let bare = load(&bare_url, plug, concurrency, seconds, None, 200_000_000).await;
+    handle.shutdown();
+
+    // 4. Ceiling: direct bulk insert of the same rows.
+    let bulk = bulk_insert(&url, destination, seconds, 300_000_000).await;
+
+    println!();
+    println!(
+        "{:<44} {:>12} {:>9} {:>9} {:>9}",
+        "phase", "deliveries/s", "p50 ms", "p99 ms", "errors"
+    );
+    let ours_p50 = ours.percentile(0.5);
+    let ours_p99 = ours.percentile(0.99);
+    println!(
+        "{:<44} {:>12.0} {:>9.2} {:>9.2} {:>9}",
+        "things-receiver, full speed", max_rate, ours_p50, ours_p99, ours.errors
+    );
+    let half_rate = half.rate();
+    let half_p50 = half.percentile(0.5);
+    let half_p99 = half.percentile(0.99);
+    println!(
+        "{:<44} {:>12.0} {:>9.2} {:>9.2} {:>9}",
+        "things-receiver, half of max rate", half_rate, half_p50, half_p99, half.errors
+    );
+    let mut bare = bare;
+    let bare_p50 = bare.percentile(0.5);
+    let bare_p99 = bare.percentile(0.99);
+    println!(
+        "{:<44} {:>12.0} {:>9.2} {:>9.2} {:>9}",
+        "ceiling: TLS + token check only",
+        bare.rate(),
+        bare_p50,
+        bare_p99,
+        bare.errors
+    );
+    println!(
+        "{:<44} {:>12.0} {:>9} {:>9} {:>9}",
+        "ceiling: direct bulk insert (500/tx)",
+        bulk.rate(),
+        "-",
+        "-",
+        0
+    );
+    println!();
+    println!(
+        "stored in PostgreSQL: {stored} of {} acknowledged",
+        ours.deliveries + half.deliveries
+    );
+    println!(
+        "server CPU at full speed: {:.2} cores; server peak RSS: {rss:.1} MiB",
+        cpu / ours.seconds
+    );
+    println!("ratio to TLS+verify ceiling: {:.2}", max_rate / bare.rate());
+    println!(
+        "ratio to bulk-insert ceiling: {:.2}",
+        max_rate / bulk.rate()
+    );
+    pg.stop().await.unwrap();
+}
