@@ -839,3 +839,66 @@ async fn a_full_spool_answers_503_with_retry_after() {
     let (status, json) = status_json(deliver(&client, &server, plug, SECRET, &body).await).await;
     assert_eq!((status, json), (200, json!({"status": "stored"})));
 }
+
+#[tokio::test]
+async fn metrics_count_outcomes_batches_and_failures() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve(&[]);
+    let client = client();
+    let body = fixture("value-kinds.json");
+    assert_eq!(
+        deliver(&client, &server, plug, SECRET, &body)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        deliver(&client, &server, plug, SECRET, &body)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        deliver(&client, &server, plug, SECRET, b"garbage")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        deliver(&client, &server, uuid::Uuid::new_v4(), SECRET, &body)
+            .await
+            .status(),
+        401
+    );
+
+    let text = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |needle: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{needle} missing from:\n{text}"))
+    };
+    let outcome =
+        |o: &str| format!("things_ingest_requests_total{{door=\"destination\",outcome=\"{o}\"}}");
+    assert_eq!(value(&outcome("stored")), 1.0);
+    assert_eq!(value(&outcome("duplicate")), 1.0);
+    assert_eq!(value(&outcome("quarantined")), 1.0);
+    assert_eq!(value(&outcome("not_verified")), 1.0);
+    assert_eq!(
+        value("things_verification_failures_total{door=\"destination\",reason=\"unknown_plug\"}"),
+        1.0
+    );
+    assert_eq!(value("things_writer_batch_size_count"), 3.0);
+    assert!(text.contains("things_writer_commit_seconds_bucket"));
+    assert!(text.contains("things_db_pool_connections"));
+    assert!(text.contains("things_spool_records 0"));
+}
