@@ -189,13 +189,24 @@ async fn malformed_headers_are_400_with_a_reason() {
         );
     }
 
+    // KPN can be configured to send GET with the pack as body.
+    let r = client
+        .get(server.url("/ingest/kpn"))
+        .header("Things-Plug-UUID", plug.to_string())
+        .header("Things-Message-Token", token.clone())
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_json(r).await, (200, json!({"status": "stored"})));
+
     // Upper-case hex is the same token.
-    let (status, _) = send(vec![
+    let (status, json) = send(vec![
         ("Things-Plug-UUID", plug.to_string()),
         ("Things-Message-Token", token.to_uppercase()),
     ])
     .await;
-    assert_eq!(status, 200);
+    assert_eq!((status, json), (200, json!({"status": "duplicate"})));
 }
 
 #[tokio::test]
