@@ -338,7 +338,11 @@ async fn verified_bodies_that_are_not_senml_are_quarantined_not_lost() {
     let server = env.serve(&[]);
     let client = client();
 
-    let cases: [(&[u8], &str); 5] = [
+    let cases: [(&[u8], &str); 6] = [
+        (
+            br#"[{"bn":"urn:dev:DEVEUI:0000000000000001:","n":"t","vs":"a\u0000b"}]"#,
+            "NUL",
+        ),
         (b"this is not json", "invalid JSON"),
         (br#"{"n":"a","v":1}"#, "not a JSON array"),
         (

@@ -39,6 +39,15 @@ pub enum SenmlError {
         expected: &'static str,
     },
 
+    /// A string field holds U+0000, which no text column can store.
+    #[error("record {record}: field \"{field}\" contains a NUL character")]
+    NulCharacter {
+        /// Zero-based index of the record in the pack.
+        record: usize,
+        /// The SenML label, e.g. `"vs"`.
+        field: &'static str,
+    },
+
     /// A label ending in `_` (RFC 8428 "must understand"); we understand none.
     #[error("record {record}: unknown must-understand field {label:?}")]
     MustUnderstand {

@@ -99,6 +99,8 @@ impl Record {
 
 fn string(record: usize, field: &'static str, value: Json) -> Result<String, SenmlError> {
     match value {
+        // JSON can carry U+0000 ("\u0000"), PostgreSQL text cannot: such a pack is kept raw.
+        Json::String(s) if s.contains('\0') => Err(SenmlError::NulCharacter { record, field }),
         Json::String(s) => Ok(s),
         _ => Err(SenmlError::WrongType {
             record,
