@@ -9,7 +9,8 @@
 //!   transaction, commits durable).
 //!
 //! and prints our throughput as a ratio of each, because this machine is shared and noisy.
-//! Environment: `BENCH_SECONDS` (per phase, default 10), `BENCH_CONCURRENCY` (default 64).
+//! Environment: `BENCH_SECONDS` (per phase, default 10), `BENCH_CONCURRENCY` (default 64),
+//! `BENCH_SERVER_ARGS` (extra `serve` flags, e.g. `--writer-concurrency 1`).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -322,6 +323,11 @@ async fn main() {
         .arg("--database-url")
         .arg(&url)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(
+            std::env::var("BENCH_SERVER_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .env("THINGS_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()

@@ -90,6 +90,12 @@ pub struct ServeArgs {
     /// How long a delivery may wait for its database commit before it is spooled instead.
     #[arg(long, env = "THINGS_SPOOL_AFTER", default_value = "2s", value_parser = parse_duration)]
     pub spool_after: Duration,
+    /// Most deliveries committed in one transaction (batches form from whatever is queued).
+    #[arg(long, env = "THINGS_WRITER_BATCH", default_value_t = 512)]
+    pub writer_batch: usize,
+    /// Transactions the writer keeps in flight at once.
+    #[arg(long, env = "THINGS_WRITER_CONCURRENCY", default_value_t = 3)]
+    pub writer_concurrency: usize,
     /// Ingest requests in flight at once; more are answered 503 at once.
     #[arg(long, env = "THINGS_MAX_INFLIGHT", default_value_t = 2048)]
     pub max_inflight: usize,

@@ -64,7 +64,12 @@ async fn serve_with(
         .context("cannot load destinations")?;
     secrets.clone().spawn_refresher(shutdown.clone());
 
-    let (writer, writer_task) = Writer::start(database.pool.clone(), WriterConfig::default());
+    let writer_config = WriterConfig {
+        max_batch: args.writer_batch,
+        concurrency: args.writer_concurrency,
+        ..WriterConfig::default()
+    };
+    let (writer, writer_task) = Writer::start(database.pool.clone(), writer_config);
     let spool_dir = db_args.data_dir.join("spool");
     let spool = Spool::open(&spool_dir, args.spool_max as u64)
         .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;

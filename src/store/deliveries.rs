@@ -87,7 +87,15 @@ pub async fn store_batch(
         }
     }
 
-    let message_ids = insert_messages(&mut tx, batch, &unique).await?;
+    // Devices first, so each message row is written once with its device.
+    let seen = batch
+        .iter()
+        .map(|d| d.raw.received_at)
+        .max()
+        .unwrap_or_else(Utc::now);
+    let device_ids = upsert_devices(&mut tx, batch, &unique, seen).await?;
+    let message_ids = insert_messages(&mut tx, batch, &unique, &device_ids).await?;
+
     let mut outcomes = vec![StoreOutcome::Duplicate; batch.len()];
     let mut new_messages: Vec<(i64, &[Measurement])> = Vec::new();
     for &i in &unique {
@@ -106,17 +114,9 @@ pub async fn store_batch(
             Err(_) => StoreOutcome::Quarantined { message_id: id },
         };
     }
-
     if !new_messages.is_empty() {
-        let seen = batch
-            .iter()
-            .map(|d| d.raw.received_at)
-            .max()
-            .unwrap_or_else(Utc::now);
-        let device_ids = upsert_devices(&mut tx, &new_messages, seen).await?;
         insert_measurements(&mut tx, &new_messages, &device_ids).await?;
         upsert_latest(&mut tx, &new_messages, &device_ids).await?;
-        set_message_devices(&mut tx, &new_messages, &device_ids).await?;
     }
     tx.commit().await?;
     Ok(outcomes)
@@ -130,6 +130,7 @@ async fn insert_messages(
     tx: &mut PgConnection,
     batch: &[Delivery],
     indices: &[usize],
+    device_ids: &HashMap<String, i64>,
 ) -> Result<HashMap<(Uuid, [u8; 32]), i64>, sqlx::Error> {
     let n = indices.len();
     let mut destination = Vec::with_capacity(n);
@@ -140,6 +141,7 @@ async fn insert_messages(
     let mut status = Vec::with_capacity(n);
     let mut error: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut count = Vec::with_capacity(n);
+    let mut device: Vec<Option<i64>> = Vec::with_capacity(n);
     for &i in indices {
         let (d, decoded) = (&batch[i].raw, &batch[i].decoded);
         destination.push(d.destination_id);
@@ -147,6 +149,12 @@ async fn insert_messages(
         received.push(d.received_at);
         body.push(&d.body[..]);
         headers.push(serde_json::to_string(&d.headers).unwrap_or_else(|_| "{}".into()));
+        device.push(match decoded {
+            Ok(records) => records
+                .first()
+                .and_then(|r| device_ids.get(&device_key(&r.device)).copied()),
+            Err(_) => None,
+        });
         match decoded {
             Ok(records) => {
                 status.push("stored");
@@ -161,10 +169,10 @@ async fn insert_messages(
         }
     }
     let rows: Vec<(i64, Uuid, Vec<u8>)> = sqlx::query_as(
-        "INSERT INTO messages (destination_id, token, received_at, body, headers, status, decode_error, record_count) \
-         SELECT d, t, r, b, h::jsonb, s, e, c \
-         FROM UNNEST($1::uuid[], $2::bytea[], $3::timestamptz[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int4[]) \
-              AS u(d, t, r, b, h, s, e, c) \
+        "INSERT INTO messages (destination_id, token, received_at, body, headers, status, decode_error, record_count, device_id) \
+         SELECT d, t, r, b, h::jsonb, s, e, c, v \
+         FROM UNNEST($1::uuid[], $2::bytea[], $3::timestamptz[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int4[], $9::int8[]) \
+              AS u(d, t, r, b, h, s, e, c, v) \
          ON CONFLICT ON CONSTRAINT messages_delivery_key DO NOTHING \
          RETURNING id, destination_id, token",
     )
@@ -176,6 +184,7 @@ async fn insert_messages(
     .bind(&status)
     .bind(&error)
     .bind(&count)
+    .bind(&device)
     .fetch_all(&mut *tx)
     .await?;
     Ok(rows
@@ -184,22 +193,32 @@ async fn insert_messages(
         .collect())
 }
 
-/// Inserts unseen devices and bumps `last_seen`; returns device id by normalised key.
-///
-/// Keys are sorted so that concurrent transactions lock device rows in the same order and
-/// cannot deadlock.
+/// How stale `devices.last_seen` may get. Updating it on every delivery would make every
+/// concurrent transaction that touches a device wait for the others' commits (row locks are
+/// held through the fsync); refreshing it only when this much older costs one update per
+/// device per interval.
+const LAST_SEEN_RESOLUTION: &str = "10 seconds";
+
+/// Returns the device id of every device in the batch's resolved packs by normalised key:
+/// inserts unseen devices, refreshes a stale `last_seen`, and locks no row otherwise.
 async fn upsert_devices(
     tx: &mut PgConnection,
-    messages: &[(i64, &[Measurement])],
+    batch: &[Delivery],
+    indices: &[usize],
     seen: DateTime<Utc>,
 ) -> Result<HashMap<String, i64>, sqlx::Error> {
     let mut devices: BTreeMap<String, &str> = BTreeMap::new();
-    for (_, records) in messages {
-        for record in *records {
-            devices
-                .entry(device_key(&record.device))
-                .or_insert(&record.device);
+    for &i in indices {
+        if let Ok(records) = &batch[i].decoded {
+            for record in records {
+                devices
+                    .entry(device_key(&record.device))
+                    .or_insert(&record.device);
+            }
         }
+    }
+    if devices.is_empty() {
+        return Ok(HashMap::new());
     }
     let keys: Vec<&str> = devices.keys().map(String::as_str).collect();
     let urns: Vec<&str> = devices.values().copied().collect();
@@ -207,12 +226,19 @@ async fn upsert_devices(
         .values()
         .map(|urn| device_kind(urn).as_str())
         .collect();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "INSERT INTO devices (urn_key, urn, kind, first_seen, last_seen) \
-         SELECT k, u, t, $4, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS d(k, u, t) \
-         ON CONFLICT (urn_key) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen) \
-         RETURNING urn_key, id",
-    )
+    // Sorted keys: concurrent transactions inserting the same new devices lock in one order.
+    let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH new AS ( \
+             INSERT INTO devices (urn_key, urn, kind, first_seen, last_seen) \
+             SELECT k, u, t, $4, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS d(k, u, t) \
+             ON CONFLICT (urn_key) DO NOTHING RETURNING urn_key, id), \
+         refreshed AS ( \
+             UPDATE devices SET last_seen = $4 \
+             WHERE urn_key = ANY($1) AND last_seen < $4 - interval '{LAST_SEEN_RESOLUTION}' \
+             RETURNING urn_key, id) \
+         SELECT urn_key, id FROM new \
+         UNION ALL SELECT urn_key, id FROM devices WHERE urn_key = ANY($1)"
+    )))
     .bind(&keys)
     .bind(&urns)
     .bind(&kinds)
@@ -352,25 +378,4 @@ async fn upsert_latest(
         columns.push(*device_id, record, *message_id);
     }
     columns.execute(tx, UPSERT_LATEST).await
-}
-
-/// Records each message's (first) device, for listing messages by device.
-async fn set_message_devices(
-    tx: &mut PgConnection,
-    messages: &[(i64, &[Measurement])],
-    device_ids: &HashMap<String, i64>,
-) -> Result<(), sqlx::Error> {
-    let (ids, devices): (Vec<i64>, Vec<i64>) = messages
-        .iter()
-        .map(|(id, records)| (*id, device_ids[&device_key(&records[0].device)]))
-        .unzip();
-    sqlx::query(
-        "UPDATE messages m SET device_id = u.d FROM UNNEST($1::int8[], $2::int8[]) AS u(i, d) \
-         WHERE m.id = u.i",
-    )
-    .bind(&ids)
-    .bind(&devices)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
