@@ -235,3 +235,40 @@ async fn every_delivery_sent_twice_at_once_is_stored_once() {
     let mut db = connect(&env.database_url).await;
     assert_stored_once(&mut db, &(0..n).collect::<Vec<_>>()).await;
 }
+
+#[tokio::test]
+async fn sigterm_mid_load_finishes_what_it_acknowledged_and_exits_cleanly() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve(&[]);
+    let client = client();
+    let pid = nix::unistd::Pid::from_raw(server.pid());
+
+    let log = send_all(
+        &client,
+        &server.url("/ingest/kpn"),
+        plug,
+        SECRET,
+        (0..DELIVERIES).collect(),
+        CONCURRENCY,
+        |acks| {
+            if acks == DELIVERIES / 3 {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+        },
+    )
+    .await;
+    assert!(
+        server.wait_exit().await.success(),
+        "a clean exit after SIGTERM"
+    );
+    assert!(log.acked.len() >= DELIVERIES / 3);
+    assert!(log.unexpected.is_empty(), "{:?}", log.unexpected);
+
+    // Everything acknowledged before and during the shutdown is stored (nothing was spooled:
+    // the database stayed up), and nothing else.
+    let mut db = connect(&env.database_url).await;
+    let mut acked = log.acked.clone();
+    acked.sort_unstable();
+    assert_stored_once(&mut db, &acked).await;
+}

@@ -237,6 +237,18 @@ impl Server {
         self.child.id() as i32
     }
 
+    /// Waits for the process to exit by itself (after a signal the test sent).
+    pub async fn wait_exit(mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGTERM, then waits for the process to exit. Async so that the test's own HTTP
     /// connections keep being served (an HTTP/2 client must answer the server's GOAWAY ping
     /// for a graceful close).
