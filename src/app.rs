@@ -19,6 +19,8 @@ pub struct AppState {
     pub secrets: Arc<SecretCache>,
     /// Largest accepted ingest body, in bytes.
     pub max_body: usize,
+    /// Whether KPN credentials are configured, so that downlinks can be sent.
+    pub downlinks_enabled: bool,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -38,6 +38,14 @@ pub enum AppError {
     NotFound(&'static str),
     #[error("the data cannot be stored right now")]
     Unavailable(#[source] sqlx::Error),
+    /// Well-formed but not acceptable: the request asks for something we must not do.
+    #[error("invalid {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("{0}")]
+    Conflict(String),
+    /// A feature that needs configuration the operator has not given.
+    #[error("{0}")]
+    NotConfigured(&'static str),
 }
 
 impl AppError {
@@ -60,6 +68,9 @@ impl AppError {
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            AppError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AppError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
         }
     }
 }

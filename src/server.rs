@@ -56,11 +56,13 @@ async fn serve_with(
         .await
         .context("cannot load destinations")?;
     secrets.clone().spawn_refresher(shutdown.clone());
+    let downlink_worker = crate::downlink::worker::start(&database.pool, args, &shutdown)?;
 
     let state = Arc::new(AppState {
         pool: database.pool.clone(),
         secrets: secrets.clone(),
         max_body: args.max_body,
+        downlinks_enabled: downlink_worker.is_some(),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
 
@@ -113,6 +115,10 @@ async fn serve_with(
         }
     }
     shutdown.cancel();
+    if let Some(worker) = downlink_worker {
+        // It settles the downlinks it holds (each call is bounded by --kpn-timeout).
+        let _ = worker.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
