@@ -147,8 +147,8 @@ pub struct Claimed {
 
 /// Claims up to `limit` due rows: queued ones whose time has come, and rows whose sender's
 /// lease ran out (it died mid-send). Rows locked by another claim in flight are skipped.
-pub async fn claim(
-    pool: &PgPool,
+pub async fn claim<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
@@ -166,7 +166,7 @@ pub async fn claim(
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
