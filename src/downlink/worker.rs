@@ -40,24 +40,28 @@ pub struct Settings {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "--downlink-lease ({lease:?}) must be longer than {CALLS_PER_ATTEMPT} times --kpn-timeout ({timeout:?}): a live sender must never lose its lease"
-)]
-pub struct LeaseTooShort {
-    lease: Duration,
-    timeout: Duration,
+pub enum SettingsError {
+    #[error(
+        "--downlink-lease ({lease:?}) must be longer than {CALLS_PER_ATTEMPT} times --kpn-timeout ({timeout:?}): a live sender must never lose its lease"
+    )]
+    LeaseTooShort { lease: Duration, timeout: Duration },
+    #[error("--downlink-retry-base must be at least 10ms and at most --downlink-retry-max")]
+    Backoff,
 }
 
 impl Settings {
-    pub fn validate(&self, kpn_timeout: Duration) -> Result<(), LeaseTooShort> {
-        if self.lease > kpn_timeout * CALLS_PER_ATTEMPT {
-            Ok(())
-        } else {
-            Err(LeaseTooShort {
+    pub fn validate(&self, kpn_timeout: Duration) -> Result<(), SettingsError> {
+        if self.lease <= kpn_timeout * CALLS_PER_ATTEMPT {
+            return Err(SettingsError::LeaseTooShort {
                 lease: self.lease,
                 timeout: kpn_timeout,
-            })
+            });
         }
+        let Backoff { base, max } = self.backoff;
+        if base < Duration::from_millis(10) || base > max {
+            return Err(SettingsError::Backoff);
+        }
+        Ok(())
     }
 }
 
