@@ -2,8 +2,8 @@
 //!
 //! A 401, or the 302 KPN may answer instead for a bad or expired token, gets exactly one
 //! token replacement and one retry. Everything else is classified for the outbox: accepted,
-//! worth retrying later (5xx, 429, network errors, timeouts, identity provider trouble), or
-//! refused for good (other 4xx).
+//! worth retrying later (5xx, 429, 408, network errors, timeouts, identity provider trouble),
+//! or refused for good (other 4xx).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -187,7 +187,10 @@ async fn classify(response: reqwest::Response) -> SendOutcome {
             status: code,
             answer,
         }
-    } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+    } else if status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+    {
         retry(
             format!("KPN answered {code}: {}", truncate(&answer, 200)),
             retry_after,
