@@ -143,11 +143,30 @@ async fn many_downlinks_share_one_token_and_reach_kpn_exactly_as_asked() {
     let fake = FakeKpn::start(HOUR);
     let env = Env::new().await;
     let key = env.api_key("ops", "downlink");
-    let server = serve_kpn(&env, &fake, &[]);
     let client = client();
-    make_device_known(&env, &server, &client).await;
 
+    // Queued while no process can send: the first worker takes them all in one batch and
+    // sends them at once, so they all need the first token at the same moment.
+    let server = serve_cmd(env.command(), &fake, &[]);
+    make_device_known(&env, &server, &client).await;
     let mut asked = HashMap::new();
+    for i in 0..10u16 {
+        let hex = format!("0b{i:02x}");
+        let port = (100 + i).to_string();
+        let id = env.cli_ok(&["downlinks", "send", DEVICE, "--port", &port, "--hex", &hex]);
+        asked.insert(id.trim().to_owned(), (100 + i, hex));
+    }
+    drop(server);
+    let server = serve_kpn(&env, &fake, &[]);
+    for id in asked.keys() {
+        wait_for(&client, &server, &key, id, "accepted").await;
+    }
+    assert_eq!(
+        fake.token_requests(),
+        1,
+        "callers waiting for a token each asked for one"
+    );
+
     for i in 0..20u16 {
         let hex = format!("0A{i:02X}");
         let id = queue(&client, &server, &key, i + 1, &hex).await;
@@ -162,7 +181,7 @@ async fn many_downlinks_share_one_token_and_reach_kpn_exactly_as_asked() {
 
     assert_eq!(fake.token_requests(), 1, "one token serves every downlink");
     let calls = fake.calls();
-    assert_eq!(calls.len(), 20);
+    assert_eq!(calls.len(), 30);
     for call in &calls {
         let (port, hex) = &asked[&call.external_reference];
         assert_eq!((call.port, &call.payload_hex), (*port, hex));
@@ -182,6 +201,7 @@ async fn many_downlinks_share_one_token_and_reach_kpn_exactly_as_asked() {
     .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["items"].as_array().unwrap().len(), 15);
+    assert_eq!(page["items"][0]["payload_hex"], "0a13", "newest first");
     let cursor = page["next_cursor"].as_str().unwrap();
     let (_, rest) = api_get(
         &client,
@@ -190,7 +210,7 @@ async fn many_downlinks_share_one_token_and_reach_kpn_exactly_as_asked() {
         &format!("/api/v1/downlinks?device={lower}&status=accepted&limit=15&cursor={cursor}"),
     )
     .await;
-    assert_eq!(rest["items"].as_array().unwrap().len(), 5);
+    assert_eq!(rest["items"].as_array().unwrap().len(), 15);
     assert_eq!(rest["next_cursor"], Value::Null);
     let (_, none) = api_get(&client, &server, &key, "/api/v1/downlinks?status=queued").await;
     assert_eq!(none["items"], json!([]));

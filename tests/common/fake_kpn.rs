@@ -72,6 +72,8 @@ struct Inner {
     context_switches: usize,
     /// Every successful downlink answer waits this long.
     latency: Duration,
+    /// Every token answer waits this long.
+    token_latency: Duration,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -97,6 +99,7 @@ impl FakeKpn {
             switched: HashSet::new(),
             context_switches: 0,
             latency: Duration::ZERO,
+            token_latency: Duration::from_millis(100),
         }));
         let app = Router::new()
             .route("/v2/{tenant}/oidc/idp/c1/token", post(token))
@@ -247,8 +250,14 @@ async fn token(
     if fields["grant_type"] != "client_credentials" || fields["audience"] != AUDIENCE {
         return violation(&shared, format!("token request {fields:?}"));
     }
+    let latency = {
+        let mut inner = shared.lock().unwrap();
+        inner.token_requests += 1;
+        inner.token_latency
+    };
+    // Slow enough that callers arriving meanwhile must wait for this answer.
+    tokio::time::sleep(latency).await;
     let mut inner = shared.lock().unwrap();
-    inner.token_requests += 1;
     if fields["client_id"] != CLIENT_ID || fields["client_secret"] != CLIENT_SECRET {
         return (
             StatusCode::UNAUTHORIZED,
