@@ -159,7 +159,7 @@ pub struct DownlinkArgs {
     #[arg(long, env = "THINGS_DOWNLINK_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
     pub downlink_retry_max: Duration,
     /// How long a claimed downlink belongs to one process; after that (the process died
-    /// mid-send) another takes it over. Must exceed five --kpn-timeout.
+    /// mid-send) another takes it over. Must exceed six times --kpn-timeout.
     #[arg(long, env = "THINGS_DOWNLINK_LEASE", default_value = "2m", value_parser = parse_duration)]
     pub downlink_lease: Duration,
 }
