@@ -772,3 +772,32 @@ async fn a_sub_customer_gets_a_context_switch_and_its_client_id() {
     );
     assert_eq!(fake.violations(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn wrong_credentials_fail_downlinks_with_the_reason_and_never_show_the_secret() {
+    let fake = FakeKpn::start(HOUR);
+    let env = Env::new().await;
+    let key = env.api_key("ops", "downlink");
+    let client = client();
+    let wrong_secret = "not-the-Secret-4711";
+    let mut cmd = env.command();
+    cmd.env("KPN_CLIENT_ID", CLIENT_ID)
+        .env("KPN_CLIENT_SECRET", wrong_secret);
+    let server = serve_cmd(cmd, &fake, &["--downlink-max-attempts", "2"]);
+    make_device_known(&env, &server, &client).await;
+
+    let id = queue(&client, &server, &key, 2, "00").await;
+    let done = wait_for(&client, &server, &key, &id, "failed").await;
+    assert_eq!(done["attempts"], 2);
+    let error = done["error"].as_str().unwrap();
+    assert!(
+        error.contains("gave up after 2 attempts") && error.contains("401"),
+        "{error}"
+    );
+    assert_eq!(fake.token_requests(), 2);
+    assert!(fake.calls().is_empty(), "a call went out without a token");
+    let (_, listed) = api_get(&client, &server, &key, "/api/v1/downlinks").await;
+    assert!(!listed.to_string().contains(wrong_secret));
+    assert!(!server.banner.contains(wrong_secret));
+    assert_eq!(fake.violations(), Vec::<String>::new());
+}
