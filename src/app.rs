@@ -26,6 +26,8 @@ pub struct AppState {
     pub max_body: usize,
     /// Renders the Prometheus metrics.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Whether KPN credentials are configured, so that downlinks can be sent.
+    pub downlinks_enabled: bool,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

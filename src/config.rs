@@ -46,6 +46,8 @@ impl DbArgs {
     }
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTPS receiver and the dashboard API.
@@ -58,6 +60,9 @@ pub enum Command {
     ApiKeys(ApiKeysCommand),
     /// Sign a SenML file exactly as KPN Things does and POST it to a receiver.
     Send(SendArgs),
+    /// Queue, follow and cancel actuator downlinks to devices.
+    #[command(subcommand)]
+    Downlinks(DownlinksCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -103,6 +108,80 @@ pub struct ServeArgs {
     /// Without it nothing is dropped.
     #[arg(long, env = "THINGS_RETENTION", value_parser = parse_duration)]
     pub retention: Option<Duration>,
+    #[command(flatten)]
+    pub kpn: KpnArgs,
+    #[command(flatten)]
+    pub downlink: DownlinkArgs,
+}
+
+/// Where KPN's identity provider and actuator API are. The client id and secret are never
+/// flags (flags show in `ps`): they come from `KPN_CLIENT_ID` / `KPN_CLIENT_SECRET` or from
+/// `--kpn-credentials-file`.
+#[derive(Debug, Clone, Args)]
+pub struct KpnArgs {
+    /// Token endpoint of KPN's identity provider (GRIP); `{tenant}` is replaced by --kpn-tenant.
+    #[arg(
+        long,
+        env = "KPN_TOKEN_URL",
+        default_value = "https://auth.grip-on-it.com/v2/{tenant}/oidc/idp/c1/token"
+    )]
+    pub kpn_token_url: String,
+    /// Your GRIP tenant id (Things Portal, Customer details), used in --kpn-token-url.
+    #[arg(long, env = "KPN_TENANT_ID")]
+    pub kpn_tenant: Option<String>,
+    /// Audience of the token request: KPN Things' application id (not a UUID; sent as is).
+    #[arg(
+        long,
+        env = "KPN_AUDIENCE",
+        default_value = "4dc82561-f65f-523g-dek9-6c79ec314f02"
+    )]
+    pub kpn_audience: String,
+    /// Base URL of KPN's API.
+    #[arg(long, env = "KPN_API_URL", default_value = "https://api.kpnthings.com")]
+    pub kpn_api_url: String,
+    /// Path of the downlink call under --kpn-api-url.
+    #[arg(
+        long,
+        env = "KPN_DOWNLINK_PATH",
+        default_value = "/api/actuator/downlinks"
+    )]
+    pub kpn_downlink_path: String,
+    /// Accept header of the downlink call.
+    #[arg(
+        long,
+        env = "KPN_DOWNLINK_ACCEPT",
+        default_value = "application/vnd.kpnthings.actuator.v1.response+json"
+    )]
+    pub kpn_downlink_accept: String,
+    /// Act for this sub-customer: a context switch after every new token, then `x-client-id`.
+    #[arg(long, env = "KPN_SUB_CUSTOMER")]
+    pub kpn_sub_customer: Option<String>,
+    /// Time limit of every call to KPN (connect, send, answer).
+    #[arg(long, env = "KPN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub kpn_timeout: Duration,
+    /// File with `KPN_CLIENT_ID=...` and `KPN_CLIENT_SECRET=...` lines (instead of the
+    /// environment variables of those names).
+    #[arg(long, env = "KPN_CREDENTIALS_FILE")]
+    pub kpn_credentials_file: Option<PathBuf>,
+}
+
+/// How the outbox worker paces its attempts.
+#[derive(Debug, Clone, Args)]
+pub struct DownlinkArgs {
+    /// Attempts before a downlink that keeps meeting temporary errors is marked failed.
+    #[arg(long, env = "THINGS_DOWNLINK_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub downlink_max_attempts: u32,
+    /// First retry delay; it doubles per attempt (with jitter) up to --downlink-retry-max.
+    #[arg(long, env = "THINGS_DOWNLINK_RETRY_BASE", default_value = "2s", value_parser = parse_duration)]
+    pub downlink_retry_base: Duration,
+    /// Longest delay between two attempts.
+    #[arg(long, env = "THINGS_DOWNLINK_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub downlink_retry_max: Duration,
+    /// How long a claimed downlink belongs to one process; after that (the process died
+    /// mid-send) another takes it over. Must exceed six times --kpn-timeout.
+    #[arg(long, env = "THINGS_DOWNLINK_LEASE", default_value = "2m", value_parser = parse_duration)]
+    pub downlink_lease: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +266,52 @@ pub struct SendArgs {
     pub insecure: bool,
     /// The SenML file to send, byte for byte ("-" for standard input).
     pub file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DownlinksCommand {
+    /// Queue a downlink; a running `serve` with KPN credentials sends it.
+    Send {
+        /// The device, e.g. urn:dev:DEVEUI:0018B21000008C47:
+        urn: String,
+        /// LoRaWAN FPort (1-223).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Payload as hex, e.g. 0a0b (at most 242 bytes).
+        #[arg(long)]
+        hex: String,
+        /// Makes a retried command queue only once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait until KPN accepted it or it failed (exit status 1 unless accepted).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List downlinks, newest first.
+    List {
+        #[arg(long)]
+        device: Option<String>,
+        /// queued, sending, accepted, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one downlink with KPN's answer or the reason it failed.
+    Show {
+        id: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a downlink that has not been sent yet.
+    Cancel { id: uuid::Uuid },
 }
 
 /// Parses sizes such as `1MiB`, `512KiB`, `1M`, `65536`.

@@ -42,6 +42,14 @@ pub enum AppError {
     /// The data cannot be made durable (or read) now; the reason is logged, not sent.
     #[error("the data cannot be stored right now; retry later")]
     Unavailable(String),
+    /// Well-formed but not acceptable: the request asks for something we must not do.
+    #[error("invalid {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("{0}")]
+    Conflict(String),
+    /// A feature that needs configuration the operator has not given.
+    #[error("{0}")]
+    NotConfigured(&'static str),
 }
 
 impl AppError {
@@ -70,6 +78,9 @@ impl AppError {
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AppError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            AppError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AppError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
         }
     }
 }

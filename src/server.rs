@@ -63,6 +63,7 @@ async fn serve_with(
         .await
         .context("cannot load destinations")?;
     secrets.clone().spawn_refresher(shutdown.clone());
+    let downlink_worker = crate::downlink::worker::start(&database.pool, args, &shutdown)?;
 
     let writer_config = WriterConfig {
         max_batch: args.writer_batch,
@@ -81,6 +82,7 @@ async fn serve_with(
         ingest_slots: tokio::sync::Semaphore::new(args.max_inflight.max(1)),
         max_body: args.max_body,
         metrics: crate::metrics::install(),
+        downlinks_enabled: downlink_worker.is_some(),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
 
@@ -134,6 +136,10 @@ async fn serve_with(
     }
     writer_task.finish().await;
     shutdown.cancel();
+    if let Some(worker) = downlink_worker {
+        // It settles the downlinks it holds (each call is bounded by --kpn-timeout).
+        let _ = worker.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

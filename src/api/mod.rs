@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod cursor;
+pub mod downlinks;
 pub mod measurements;
 pub mod messages;
 pub mod params;
@@ -9,7 +10,7 @@ pub mod params;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::app::AppState;
 
@@ -18,4 +19,10 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/measurements", get(measurements::list))
         .route("/messages", get(messages::list))
         .route("/messages/{id}/raw", get(messages::raw))
+        .route("/devices/{urn}/downlinks", post(downlinks::queue))
+        .route("/downlinks", get(downlinks::list))
+        .route(
+            "/downlinks/{id}",
+            get(downlinks::show).delete(downlinks::cancel),
+        )
 }

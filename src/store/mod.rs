@@ -7,6 +7,7 @@
 pub mod api_keys;
 pub mod deliveries;
 pub mod destinations;
+pub mod downlinks;
 pub mod embedded;
 pub mod key_check;
 pub mod measurements;

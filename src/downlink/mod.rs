@@ -1,0 +1,51 @@
+//! Actuator downlinks: commands for devices, kept in a PostgreSQL outbox until KPN took them.
+//!
+//! A request is checked ([`request`]) and queued ([`outbox`]) by the API or the CLI; the
+//! [`worker`] in every `serve` process sends due rows through [`crate::kpn`], retrying
+//! temporary failures with [`backoff`]. PostgreSQL is the queue, so a restart loses nothing
+//! and replicas share the work without sending a downlink twice.
+
+pub mod backoff;
+pub mod outbox;
+pub mod request;
+pub mod view;
+pub mod worker;
+
+/// Where a downlink is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Queued,
+    Sending,
+    Accepted,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Queued,
+        Status::Sending,
+        Status::Accepted,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Sending => "sending",
+            Status::Accepted => "accepted",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text.trim())
+    }
+
+    /// Whether nothing will happen to the downlink any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Accepted | Status::Failed | Status::Cancelled)
+    }
+}

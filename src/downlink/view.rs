@@ -1,0 +1,62 @@
+//! How a downlink is shown by the API and the CLI.
+
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::api::params::format_time;
+use crate::store::downlinks::DownlinkRow;
+
+#[derive(Debug, Serialize)]
+pub struct DownlinkView {
+    pub id: Uuid,
+    pub device: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<i16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_hex: Option<String>,
+    /// The SenML pack that is (or was) sent to KPN.
+    pub records: Value,
+    pub status: String,
+    pub attempts: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kpn_status: Option<i16>,
+    /// KPN's answer: JSON when it was JSON, else text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kpn_response: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+impl From<DownlinkRow> for DownlinkView {
+    fn from(row: DownlinkRow) -> Self {
+        let queued = row.status == super::Status::Queued.as_str();
+        DownlinkView {
+            id: row.id,
+            device: row.device,
+            port: row.port,
+            payload_hex: row.payload_hex,
+            records: serde_json::from_str(&row.body).unwrap_or(Value::String(row.body)),
+            status: row.status,
+            attempts: row.attempts,
+            next_attempt_at: queued.then(|| format_time(row.next_attempt_at)),
+            error: row.last_error,
+            kpn_status: row.kpn_status,
+            kpn_response: row
+                .kpn_response
+                .map(|text| serde_json::from_str(&text).unwrap_or(Value::String(text))),
+            idempotency_key: row.idempotency_key,
+            created_at: format_time(row.created_at),
+            updated_at: format_time(row.updated_at),
+            finished_at: row.finished_at.map(format_time),
+        }
+    }
+}
