@@ -352,14 +352,7 @@ pub async fn wait_ready(
 ) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let json: serde_json::Value = client
-            .get(server.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let json = readyz(client, server).await;
         if check(&json) {
             return;
         }
@@ -371,17 +364,24 @@ pub async fn wait_ready(
     }
 }
 
-/// The cache version `/readyz` reports, to wait for a change that keeps the counts.
-pub async fn destinations_version(client: &reqwest::Client, server: &Server) -> String {
-    let json: serde_json::Value = client
+/// The JSON `/readyz` answers (whatever its status).
+pub async fn readyz(client: &reqwest::Client, server: &Server) -> serde_json::Value {
+    client
         .get(server.url("/readyz"))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    json["destinations"]["version"].as_str().unwrap().to_owned()
+        .unwrap()
+}
+
+/// The cache version `/readyz` reports, to wait for a change that keeps the counts.
+pub async fn destinations_version(client: &reqwest::Client, server: &Server) -> String {
+    readyz(client, server).await["destinations"]["version"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// The bytes of a fixture pack, exactly as KPN would send it.
