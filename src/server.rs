@@ -74,7 +74,7 @@ async fn serve_with(
     let spool_dir = db_args.data_dir.join("spool");
     let spool = Spool::open(&spool_dir, args.spool_max as u64)
         .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
-    spool.spawn_replayer(writer.clone(), shutdown.clone());
+    spool.spawn_replayer(writer.clone(), database.pool.clone(), shutdown.clone());
     let state = Arc::new(AppState {
         pool: database.pool.clone(),
         secrets: secrets.clone(),

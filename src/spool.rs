@@ -146,8 +146,9 @@ impl Spool {
             .set(self.shared.replayed.load(Ordering::Relaxed) as f64);
     }
 
-    /// Replays the spool through `writer` whenever it holds anything, until `shutdown`.
-    pub fn spawn_replayer(&self, writer: Writer, shutdown: CancellationToken) {
+    /// Replays the spool through `writer` whenever it holds anything and the database
+    /// answers, until `shutdown`.
+    pub fn spawn_replayer(&self, writer: Writer, pool: sqlx::PgPool, shutdown: CancellationToken) {
         let spool = self.clone();
         tokio::spawn(async move {
             loop {
@@ -156,7 +157,9 @@ impl Spool {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
-                if spool.depth().0 == 0 {
+                // Only when the database answers: each replay round seals the open segment,
+                // and a long outage should not leave thousands of tiny ones.
+                if spool.depth().0 == 0 || sqlx::query("SELECT 1").execute(&pool).await.is_err() {
                     continue;
                 }
                 if let Err(e) = spool.replay_once(&writer, &shutdown).await {
