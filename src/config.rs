@@ -65,12 +65,25 @@ pub struct ServeArgs {
     /// Address and port to listen on.
     #[arg(long, env = "THINGS_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
-    /// PEM certificate chain (leaf first). Without it a development certificate is generated.
-    #[arg(long, env = "THINGS_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) matching --tls-cert.
-    #[arg(long, env = "THINGS_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    /// PEM certificate chain (leaf first). Repeat with --tls-key to serve an RSA and an ECDSA
+    /// certificate together. Re-read on SIGHUP and when the file changes. Without it a
+    /// development certificate is generated.
+    #[arg(
+        long,
+        env = "THINGS_TLS_CERT",
+        requires = "tls_key",
+        value_delimiter = ','
+    )]
+    pub tls_cert: Vec<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) matching the --tls-cert in the same
+    /// position.
+    #[arg(
+        long,
+        env = "THINGS_TLS_KEY",
+        requires = "tls_cert",
+        value_delimiter = ','
+    )]
+    pub tls_key: Vec<PathBuf>,
     /// Serve plain HTTP, for running behind a TLS-terminating proxy only.
     #[arg(long, env = "THINGS_PLAIN_HTTP", conflicts_with_all = ["tls_cert", "tls_key"])]
     pub plain_http: bool,
@@ -83,6 +96,31 @@ pub struct ServeArgs {
     /// How long a request waits for a database connection before answering 503.
     #[arg(long, env = "THINGS_DB_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub db_timeout: Duration,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Connection limits and timeouts that keep slow or stalled clients from exhausting the server.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Time a client has to complete the TLS handshake.
+    #[arg(long, env = "THINGS_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+    /// Time a client has to send a request's complete headers (HTTP/1.1; also bounds the wait
+    /// for the first request on any connection).
+    #[arg(long, env = "THINGS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moves in either direction for this long is closed
+    /// (idle keep-alive connections, stalled uploads, clients that stop reading).
+    #[arg(long, env = "THINGS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Open connections at most; connections beyond are closed at once.
+    #[arg(long, env = "THINGS_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Offer only HTTP/1.1 (ALPN offers h2 and http/1.1 by default).
+    #[arg(long, env = "THINGS_NO_HTTP2")]
+    pub no_http2: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod hardening;
 pub mod ingest;
 pub mod secrets;
 pub mod senml;
