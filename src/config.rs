@@ -58,6 +58,9 @@ pub enum Command {
     ApiKeys(ApiKeysCommand),
     /// Sign a SenML file exactly as KPN Things does and POST it to a receiver.
     Send(SendArgs),
+    /// Check an endpoint the way KPN Things will reach it: scheme, port, DNS, certificate,
+    /// protocols and suites, and (with --plug and --secret) a signed probe delivery.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -205,6 +208,33 @@ pub struct SendArgs {
     pub insecure: bool,
     /// The SenML file to send, byte for byte ("-" for standard input).
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The URL configured at KPN, e.g. https://things.example.org/ingest/kpn
+    pub url: String,
+    /// Things-Plug-UUID of a destination, for a signed probe delivery.
+    #[arg(long, requires = "secret")]
+    pub plug: Option<uuid::Uuid>,
+    /// The destination's shared secret, for a signed probe delivery.
+    #[arg(
+        long,
+        env = "THINGS_DOCTOR_SECRET",
+        hide_env_values = true,
+        requires = "plug"
+    )]
+    pub secret: Option<String>,
+    /// Also trust the root certificates in this PEM file. For testing against a private CA
+    /// only: KPN trusts public CAs alone, so a pass with --ca-file says nothing about KPN.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Time allowed for each network step.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses sizes such as `1MiB`, `512KiB`, `1M`, `65536`.

@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod hardening;
 pub mod ingest;

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
                 .map(|()| true),
             Command::ApiKeys(command) => cli::api_keys::run(&args.db, command).await.map(|()| true),
             Command::Send(send) => cli::send::run(send).await,
+            Command::Doctor(doctor) => cli::doctor::run(doctor).await,
         }
     });
     match result {

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod destinations;
+pub mod doctor;
 pub mod send;
 
 use crate::config::DbArgs;
