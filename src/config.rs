@@ -101,6 +101,33 @@ pub struct ServeArgs {
     pub db_timeout: Duration,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
+}
+
+/// Automatic certificates by ACME TLS-ALPN-01 on the serving port.
+#[derive(Debug, Clone, Args)]
+pub struct AcmeArgs {
+    /// Obtain and renew a certificate for this domain (repeatable) from an ACME CA, answering
+    /// its TLS-ALPN-01 challenge on the serving port (which must be reachable as port 443).
+    #[arg(long, env = "THINGS_ACME_DOMAIN", value_delimiter = ',',
+          conflicts_with_all = ["tls_cert", "tls_key", "plain_http"])]
+    pub acme_domain: Vec<String>,
+    /// Contact address registered with the CA (expiry warnings).
+    #[arg(long, env = "THINGS_ACME_EMAIL", requires = "acme_domain")]
+    pub acme_email: Option<String>,
+    /// ACME directory URL, or `production` / `staging` for Let's Encrypt's.
+    #[arg(
+        long,
+        env = "THINGS_ACME_DIRECTORY",
+        default_value = "production",
+        requires = "acme_domain"
+    )]
+    pub acme_directory: String,
+    /// Extra root certificate (PEM) trusted for the ACME directory's HTTPS. Only for a local
+    /// test CA such as pebble; public CAs need no such file.
+    #[arg(long, env = "THINGS_ACME_CA_ROOT", requires = "acme_domain")]
+    pub acme_ca_root: Option<PathBuf>,
 }
 
 /// Connection limits and timeouts that keep slow or stalled clients from exhausting the server.

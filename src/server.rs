@@ -30,6 +30,7 @@ const CERT_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// Where the certificate came from, for the banner.
 enum CertSource {
     Files(Vec<PathBuf>),
+    Acme(Vec<String>),
     Development(PathBuf),
     None,
 }
@@ -38,6 +39,7 @@ enum CertSource {
 struct TlsSetup {
     config: Option<Arc<rustls::ServerConfig>>,
     reloader: Option<Reloader>,
+    acme: Option<tls::acme::Acme>,
     source: CertSource,
 }
 
@@ -69,12 +71,16 @@ async fn serve_with(
         .context("cannot load destinations")?;
     secrets.clone().spawn_refresher(shutdown.clone());
     let TlsSetup {
-        config: rustls_config,
+        config: mut rustls_config,
         reloader,
+        acme,
         source: cert_source,
     } = tls_setup;
     if let Some(reloader) = reloader {
         reloader.spawn(shutdown.clone());
+    }
+    if let Some(acme) = acme {
+        rustls_config = Some(Arc::new(acme.spawn(shutdown.clone())));
     }
 
     let state = Arc::new(AppState {
@@ -93,9 +99,11 @@ async fn serve_with(
             let guard = GuardAcceptor::new(limits.max_connections as usize, limits.idle_timeout);
             match rustls_config {
                 Some(config) => {
-                    let acceptor = RustlsAcceptor::new(RustlsConfig::from_config(config))
-                        .handshake_timeout(limits.tls_handshake_timeout)
-                        .acceptor(guard);
+                    let acceptor = tls::acme::ChallengeCloser(
+                        RustlsAcceptor::new(RustlsConfig::from_config(config))
+                            .handshake_timeout(limits.tls_handshake_timeout)
+                            .acceptor(guard),
+                    );
                     let server = axum_server::bind(listen).acceptor(acceptor);
                     harden(server, &limits).handle(handle).serve(app).await
                 }
@@ -186,7 +194,27 @@ fn tls_config(db_args: &DbArgs, args: &ServeArgs) -> anyhow::Result<TlsSetup> {
         return Ok(TlsSetup {
             config: None,
             reloader: None,
+            acme: None,
             source: CertSource::None,
+        });
+    }
+    if !args.acme.acme_domain.is_empty() {
+        let settings = tls::acme::AcmeSettings {
+            domains: args.acme.acme_domain.clone(),
+            email: args.acme.acme_email.clone(),
+            directory: args.acme.acme_directory.clone(),
+            ca_root: args.acme.acme_ca_root.clone(),
+            cache_dir: db_args.data_dir.join("acme"),
+        };
+        let mut acme = tls::acme::Acme::new(&settings)?;
+        if args.limits.no_http2 {
+            acme.config.alpn_protocols.retain(|p| p.as_slice() != b"h2");
+        }
+        return Ok(TlsSetup {
+            config: None,
+            reloader: None,
+            acme: Some(acme),
+            source: CertSource::Acme(settings.domains),
         });
     }
     if args.tls_cert.len() != args.tls_key.len() {
@@ -229,6 +257,7 @@ fn tls_config(db_args: &DbArgs, args: &ServeArgs) -> anyhow::Result<TlsSetup> {
     Ok(TlsSetup {
         config: Some(Arc::new(config)),
         reloader,
+        acme: None,
         source,
     })
 }
@@ -274,6 +303,10 @@ fn print_banner(
                 ));
             }
         }
+        CertSource::Acme(domains) => lines.push(format!(
+            "  certificate: ACME for {} (TLS-ALPN-01 on this port; cached under {data_dir}/acme)",
+            domains.join(", ")
+        )),
         CertSource::Development(path) => lines.push(format!(
             "  certificate: {} (DEV ONLY: self-signed; KPN Things requires a certificate from a public CA)",
             path.display()

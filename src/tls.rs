@@ -5,6 +5,7 @@
 //! nothing older, so a scanner sees no legacy protocol or CBC suite. The `ring` provider is
 //! used throughout; aws-lc-rs is kept out of the build.
 
+pub mod acme;
 pub mod check;
 pub mod reload;
 pub mod resolver;
