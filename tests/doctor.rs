@@ -353,3 +353,22 @@ async fn a_server_accepting_tls10_is_named() {
         "{legacy}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheme_and_dns_faults_are_named_and_the_rest_is_skipped() {
+    // `.invalid` never resolves (RFC 6761).
+    let result = doctor("https://things-receiver.invalid/ingest/kpn", &[]);
+    assert!(!result.success);
+    assert_eq!(result.failed(), vec!["dns"], "{}", result.report);
+    assert_eq!(result.status("port"), "pass");
+    assert_eq!(result.status("chain"), "skip");
+
+    let result = doctor("http://localhost:1/ingest/kpn", &[]);
+    assert_eq!(result.failed(), vec!["scheme", "port"], "{}", result.report);
+    assert!(
+        result.finding("scheme")["fix"]
+            .as_str()
+            .unwrap()
+            .contains("https://")
+    );
+}

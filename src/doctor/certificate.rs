@@ -62,15 +62,12 @@ pub fn check_chain(
             .is_ok()
     };
     match verified {
-        Ok(_) if !extra_roots.is_empty() && !public_only() => Finding {
-            check: "chain",
-            status: super::Status::Warn,
-            detail: "chains only to a root from --ca-file, not to a public root".into(),
-            fix: Some(
-                "fine for a test; KPN trusts public CAs only, so use a public certificate in                  production"
-                    .into(),
-            ),
-        },
+        Ok(_) if !extra_roots.is_empty() && !public_only() => Finding::warn(
+            "chain",
+            "chains only to a root from --ca-file, not to a public root",
+            "fine for a test; KPN trusts public CAs only, so use a public certificate in \
+             production",
+        ),
         Ok(_) => Finding::pass(
             "chain",
             format!(

@@ -75,6 +75,15 @@ impl Finding {
         }
     }
 
+    fn warn(check: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding {
+            check,
+            status: Status::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
     fn skip(check: &'static str, why: &str) -> Finding {
         Finding {
             check,
