@@ -244,6 +244,7 @@ fn tls_config(db_args: &DbArgs, args: &ServeArgs) -> anyhow::Result<TlsSetup> {
         (pairs, CertSource::Files(args.tls_cert.clone()))
     };
     let keys = tls::reload::load_pairs(&pairs)?;
+    tls::reload::warn_if_expiring(&keys);
     let resolver = Arc::new(CertResolver::new(keys));
     let mut config = tls::server_config_with_resolver(resolver.clone())?;
     if args.limits.no_http2 {

@@ -515,3 +515,59 @@ async fn replaced_certificate_files_are_served_without_a_failed_request() {
     open.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_certificate_due_for_renewal_is_logged_at_start() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("soon");
+    let soon = Validity {
+        from_days: -80,
+        to_days: 10,
+    };
+    let leaf = ca.leaf(dir.path(), "soon", KeyType::Ecdsa, &["localhost"], soon);
+    let env = Env::new().await;
+    let mut child = env
+        .command()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "--tls-cert",
+            path(&leaf.chain),
+            "--tls-key",
+            path(&leaf.key),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (found, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("certificate due for renewal") {
+                let _ = found.send(line);
+                return;
+            }
+        }
+    });
+    let line = lines.recv_timeout(std::time::Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("no renewal warning for a certificate expiring in 10 days");
+    // Drop the terminal colour codes around field names.
+    let mut plain = String::new();
+    let mut rest = line.as_str();
+    while let Some(start) = rest.find('\x1b') {
+        plain.push_str(&rest[..start]);
+        rest = rest[start..].split_once('m').map_or("", |(_, after)| after);
+    }
+    plain.push_str(rest);
+    let line = plain;
+    assert!(
+        line.contains("days_left=9") || line.contains("days_left=10"),
+        "{line}"
+    );
+}

@@ -20,7 +20,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
 /// Days of validity a certificate must have left.
-pub const MIN_DAYS_LEFT: i64 = 21;
+pub const MIN_DAYS_LEFT: i64 = crate::tls::check::RENEW_WITHIN_DAYS;
 
 /// What to check.
 #[derive(Debug, Clone)]

@@ -15,6 +15,10 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::TlsError;
 
+/// A certificate with less validity left than this many days is due for renewal: KPN's
+/// operators warn from then on, and `doctor` fails.
+pub const RENEW_WITHIN_DAYS: i64 = 21;
+
 /// The facts of one certificate that the checks and the `doctor` report use.
 #[derive(Debug, Clone)]
 pub struct CertFacts {

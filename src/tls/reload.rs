@@ -81,6 +81,12 @@ impl Reloader {
         let mut seen = fingerprint(&self.pairs);
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The start-up load has already warned; the next check is a day later.
+        let mut daily = tokio::time::interval_at(
+            tokio::time::Instant::now() + EXPIRY_CHECK_INTERVAL,
+            EXPIRY_CHECK_INTERVAL,
+        );
+        daily.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let reason = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -90,6 +96,10 @@ impl Reloader {
                         None => std::future::pending().await,
                     }
                 } => "SIGHUP",
+                _ = daily.tick() => {
+                    warn_if_expiring(&self.resolver.current());
+                    continue;
+                }
                 _ = ticker.tick() => {
                     let now = fingerprint(&self.pairs);
                     if now == seen {
@@ -107,8 +117,9 @@ impl Reloader {
         match load_pairs(&self.pairs) {
             Ok(keys) => {
                 let summary = describe(&keys);
-                self.resolver.replace(keys);
                 tracing::info!(reason, certificates = %summary, "certificates reloaded");
+                warn_if_expiring(&keys);
+                self.resolver.replace(keys);
             }
             Err(e) => {
                 tracing::error!(
@@ -117,6 +128,34 @@ impl Reloader {
                     "certificate reload failed; still serving the previous certificates"
                 );
             }
+        }
+    }
+}
+
+/// How often the served certificates' remaining validity is logged when it runs short.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Logs a warning for each served certificate that is due for renewal: KPN stops
+/// delivering, silently, once it has expired.
+pub fn warn_if_expiring(keys: &[Arc<CertifiedKey>]) {
+    let now = check::now_unix();
+    for key in keys {
+        let Some(facts) = key
+            .end_entity_cert()
+            .ok()
+            .and_then(|c| check::CertFacts::parse(c).ok())
+        else {
+            continue;
+        };
+        let days_left = facts.days_left(now);
+        if days_left < check::RENEW_WITHIN_DAYS {
+            tracing::warn!(
+                subject = %facts.subject,
+                days_left,
+                expires = %check::format_time(facts.not_after),
+                "certificate due for renewal: replace the files (they are re-read without a \
+                 restart); KPN stops delivering once it expires"
+            );
         }
     }
 }
