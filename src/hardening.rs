@@ -11,7 +11,8 @@
 use std::future::Ready;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,14 +25,48 @@ use tokio::time::{Instant, Sleep};
 #[derive(Clone)]
 pub struct GuardAcceptor {
     permits: Arc<Semaphore>,
+    max_connections: usize,
     idle_timeout: Duration,
+    refused: Arc<RefusalLog>,
+}
+
+/// How often refused connections are reported: under a flood, one line per interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counts refused connections and logs them at most once per [`REFUSAL_LOG_INTERVAL`].
+#[derive(Default)]
+struct RefusalLog {
+    since_last: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+impl RefusalLog {
+    fn record(&self, max_connections: usize) {
+        self.since_last.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut last) = self.last.try_lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+        let refused = self.since_last.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            refused,
+            max_connections,
+            "connections refused: --max-connections reached"
+        );
+    }
 }
 
 impl GuardAcceptor {
     pub fn new(max_connections: usize, idle_timeout: Duration) -> GuardAcceptor {
         GuardAcceptor {
             permits: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
             idle_timeout,
+            refused: Arc::default(),
         }
     }
 }
@@ -48,7 +83,10 @@ where
         let result = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => Ok((Guarded::new(stream, permit, self.idle_timeout), service)),
             // Dropping the stream closes the connection.
-            Err(_) => Err(io::Error::other(LimitReached)),
+            Err(_) => {
+                self.refused.record(self.max_connections);
+                Err(io::Error::other(LimitReached))
+            }
         };
         std::future::ready(result)
     }

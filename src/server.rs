@@ -163,9 +163,8 @@ fn harden<A>(
     let server = server
         .first_request_timeout(limits.header_read_timeout)
         .accept_error_handler(|peer, error| {
-            if error.get_ref().is_some_and(|e| e.is::<LimitReached>()) {
-                tracing::warn!(?peer, "connection refused: --max-connections reached");
-            } else {
+            // Refusals over --max-connections are counted and logged by the acceptor.
+            if !error.get_ref().is_some_and(|e| e.is::<LimitReached>()) {
                 tracing::debug!(?peer, %error, "connection failed before its first request");
             }
         });
