@@ -63,6 +63,9 @@ pub enum Command {
     /// Queue, follow and cancel actuator downlinks to devices.
     #[command(subcommand)]
     Downlinks(DownlinksCommand),
+    /// Check an endpoint the way KPN Things will reach it: scheme, port, DNS, certificate,
+    /// protocols and suites, and (with --plug and --secret) a signed probe delivery.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -70,12 +73,25 @@ pub struct ServeArgs {
     /// Address and port to listen on.
     #[arg(long, env = "THINGS_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
-    /// PEM certificate chain (leaf first). Without it a development certificate is generated.
-    #[arg(long, env = "THINGS_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) matching --tls-cert.
-    #[arg(long, env = "THINGS_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    /// PEM certificate chain (leaf first). Repeat with --tls-key to serve an RSA and an ECDSA
+    /// certificate together. Re-read on SIGHUP and when the file changes. Without it a
+    /// development certificate is generated.
+    #[arg(
+        long,
+        env = "THINGS_TLS_CERT",
+        requires = "tls_key",
+        value_delimiter = ','
+    )]
+    pub tls_cert: Vec<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) matching the --tls-cert in the same
+    /// position.
+    #[arg(
+        long,
+        env = "THINGS_TLS_KEY",
+        requires = "tls_cert",
+        value_delimiter = ','
+    )]
+    pub tls_key: Vec<PathBuf>,
     /// Serve plain HTTP, for running behind a TLS-terminating proxy only.
     #[arg(long, env = "THINGS_PLAIN_HTTP", conflicts_with_all = ["tls_cert", "tls_key"])]
     pub plain_http: bool,
@@ -112,6 +128,10 @@ pub struct ServeArgs {
     pub kpn: KpnArgs,
     #[command(flatten)]
     pub downlink: DownlinkArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
 }
 
 /// Where KPN's identity provider and actuator API are. The client id and secret are never
@@ -182,6 +202,54 @@ pub struct DownlinkArgs {
     /// mid-send) another takes it over. Must exceed six times --kpn-timeout.
     #[arg(long, env = "THINGS_DOWNLINK_LEASE", default_value = "2m", value_parser = parse_duration)]
     pub downlink_lease: Duration,
+}
+
+/// Automatic certificates by ACME TLS-ALPN-01 on the serving port.
+#[derive(Debug, Clone, Args)]
+pub struct AcmeArgs {
+    /// Obtain and renew a certificate for this domain (repeatable) from an ACME CA, answering
+    /// its TLS-ALPN-01 challenge on the serving port (which must be reachable as port 443).
+    #[arg(long, env = "THINGS_ACME_DOMAIN", value_delimiter = ',',
+          conflicts_with_all = ["tls_cert", "tls_key", "plain_http"])]
+    pub acme_domain: Vec<String>,
+    /// Contact address registered with the CA (expiry warnings).
+    #[arg(long, env = "THINGS_ACME_EMAIL", requires = "acme_domain")]
+    pub acme_email: Option<String>,
+    /// ACME directory URL, or `production` / `staging` for Let's Encrypt's.
+    #[arg(
+        long,
+        env = "THINGS_ACME_DIRECTORY",
+        default_value = "production",
+        requires = "acme_domain"
+    )]
+    pub acme_directory: String,
+    /// Extra root certificate (PEM) trusted for the ACME directory's HTTPS. Only for a local
+    /// test CA such as pebble; public CAs need no such file.
+    #[arg(long, env = "THINGS_ACME_CA_ROOT", requires = "acme_domain")]
+    pub acme_ca_root: Option<PathBuf>,
+}
+
+/// Connection limits and timeouts that keep slow or stalled clients from exhausting the server.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Time a client has to complete the TLS handshake.
+    #[arg(long, env = "THINGS_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+    /// Time a client has to send a request's complete headers (HTTP/1.1; also bounds the wait
+    /// for the first request on any connection).
+    #[arg(long, env = "THINGS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moves in either direction for this long is closed
+    /// (idle keep-alive connections, stalled uploads, clients that stop reading).
+    #[arg(long, env = "THINGS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Open connections at most; connections beyond are closed at once.
+    #[arg(long, env = "THINGS_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Offer only HTTP/1.1 (ALPN offers h2 and http/1.1 by default).
+    #[arg(long, env = "THINGS_NO_HTTP2")]
+    pub no_http2: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -312,6 +380,33 @@ pub enum DownlinksCommand {
     },
     /// Cancel a downlink that has not been sent yet.
     Cancel { id: uuid::Uuid },
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The URL configured at KPN, e.g. https://things.example.org/ingest/kpn
+    pub url: String,
+    /// Things-Plug-UUID of a destination, for a signed probe delivery.
+    #[arg(long, requires = "secret")]
+    pub plug: Option<uuid::Uuid>,
+    /// The destination's shared secret, for a signed probe delivery.
+    #[arg(
+        long,
+        env = "THINGS_DOCTOR_SECRET",
+        hide_env_values = true,
+        requires = "plug"
+    )]
+    pub secret: Option<String>,
+    /// Also trust the root certificates in this PEM file. For testing against a private CA
+    /// only: KPN trusts public CAs alone, so a pass with --ca-file says nothing about KPN.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Time allowed for each network step.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses sizes such as `1MiB`, `512KiB`, `1M`, `65536`.

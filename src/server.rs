@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{AppState, router};
-use crate::config::{DbArgs, ServeArgs};
+use crate::config::{DbArgs, LimitArgs, ServeArgs};
+use crate::hardening::{GuardAcceptor, LimitReached};
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::secret_cache::SecretCache;
 use crate::ingest::writer::{Writer, WriterConfig};
@@ -20,27 +21,41 @@ use crate::secrets::SecretKey;
 use crate::spool::Spool;
 use crate::store::{Database, PoolSettings, key_check, partitions};
 use crate::tls;
+use crate::tls::reload::{CertPair, Reloader};
+use crate::tls::resolver::CertResolver;
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const GRACE_PERIOD: Duration = Duration::from_secs(30);
 
+/// How often certificate files are checked for changes.
+const CERT_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Where the certificate came from, for the banner.
 enum CertSource {
-    Files(PathBuf),
+    Files(Vec<PathBuf>),
+    Acme(Vec<String>),
     Development(PathBuf),
     None,
 }
 
+/// The TLS side of `serve`: the server configuration and what keeps its certificates fresh.
+struct TlsSetup {
+    config: Option<Arc<rustls::ServerConfig>>,
+    reloader: Option<Reloader>,
+    acme: Option<tls::acme::Acme>,
+    source: CertSource,
+}
+
 pub async fn run(db_args: &DbArgs, args: &ServeArgs) -> anyhow::Result<()> {
     let key = open_secret_key(db_args)?;
-    let (rustls_config, cert_source) = tls_config(db_args, args)?;
+    let tls_setup = tls_config(db_args, args)?;
 
     let settings = PoolSettings {
         max_connections: args.db_pool,
         acquire_timeout: args.db_timeout,
     };
     let database = Database::open(db_args, &settings).await?;
-    let result = serve_with(&database, key, rustls_config, cert_source, db_args, args).await;
+    let result = serve_with(&database, key, tls_setup, db_args, args).await;
     database.close().await;
     result
 }
@@ -48,8 +63,7 @@ pub async fn run(db_args: &DbArgs, args: &ServeArgs) -> anyhow::Result<()> {
 async fn serve_with(
     database: &Database,
     key: SecretKey,
-    rustls_config: Option<RustlsConfig>,
-    cert_source: CertSource,
+    tls_setup: TlsSetup,
     db_args: &DbArgs,
     args: &ServeArgs,
 ) -> anyhow::Result<()> {
@@ -64,6 +78,18 @@ async fn serve_with(
         .context("cannot load destinations")?;
     secrets.clone().spawn_refresher(shutdown.clone());
     let downlink_worker = crate::downlink::worker::start(&database.pool, args, &shutdown)?;
+    let TlsSetup {
+        config: mut rustls_config,
+        reloader,
+        acme,
+        source: cert_source,
+    } = tls_setup;
+    if let Some(reloader) = reloader {
+        reloader.spawn(shutdown.clone());
+    }
+    if let Some(acme) = acme {
+        rustls_config = Some(Arc::new(acme.spawn(shutdown.clone())));
+    }
 
     let writer_config = WriterConfig {
         max_batch: args.writer_batch,
@@ -90,15 +116,23 @@ async fn serve_with(
     let server = {
         let handle = handle.clone();
         let listen = args.listen;
+        let limits = args.limits.clone();
         async move {
+            let guard = GuardAcceptor::new(limits.max_connections as usize, limits.idle_timeout);
             match rustls_config {
                 Some(config) => {
-                    axum_server::bind_rustls(listen, config)
-                        .handle(handle)
-                        .serve(app)
-                        .await
+                    let acceptor = tls::acme::ChallengeCloser(
+                        RustlsAcceptor::new(RustlsConfig::from_config(config))
+                            .handshake_timeout(limits.tls_handshake_timeout)
+                            .acceptor(guard),
+                    );
+                    let server = axum_server::bind(listen).acceptor(acceptor);
+                    harden(server, &limits).handle(handle).serve(app).await
                 }
-                None => axum_server::bind(listen).handle(handle).serve(app).await,
+                None => {
+                    let server = axum_server::bind(listen).acceptor(guard);
+                    harden(server, &limits).handle(handle).serve(app).await
+                }
             }
         }
     };
@@ -167,6 +201,30 @@ fn spawn_maintenance(pool: sqlx::PgPool, retention: Option<Duration>, shutdown: 
     });
 }
 
+/// Applies the HTTP-level limits; the connection-level ones are in the acceptors.
+fn harden<A>(
+    mut server: axum_server::Server<SocketAddr, A>,
+    limits: &LimitArgs,
+) -> axum_server::Server<SocketAddr, A> {
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(limits.header_read_timeout);
+    let server = server
+        .first_request_timeout(limits.header_read_timeout)
+        .accept_error_handler(|peer, error| {
+            // Refusals over --max-connections are counted and logged by the acceptor.
+            if !error.get_ref().is_some_and(|e| e.is::<LimitReached>()) {
+                tracing::debug!(?peer, %error, "connection failed before its first request");
+            }
+        });
+    if limits.no_http2 {
+        server.http1_only()
+    } else {
+        server
+    }
+}
+
 fn open_secret_key(db_args: &DbArgs) -> anyhow::Result<SecretKey> {
     let env_key = std::env::var("THINGS_SECRET_KEY").ok();
     let path = db_args.secret_key_path();
@@ -180,23 +238,78 @@ pub(crate) fn open_key_for_cli(db_args: &DbArgs) -> anyhow::Result<SecretKey> {
     open_secret_key(db_args)
 }
 
-fn tls_config(
-    db_args: &DbArgs,
-    args: &ServeArgs,
-) -> anyhow::Result<(Option<RustlsConfig>, CertSource)> {
+fn tls_config(db_args: &DbArgs, args: &ServeArgs) -> anyhow::Result<TlsSetup> {
     if args.plain_http {
-        return Ok((None, CertSource::None));
+        return Ok(TlsSetup {
+            config: None,
+            reloader: None,
+            acme: None,
+            source: CertSource::None,
+        });
     }
-    let (cert, key, source) = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => (cert.clone(), key.clone(), CertSource::Files(cert.clone())),
-        _ => {
-            let (cert, key) = tls::dev_certificate(&db_args.data_dir.join("tls"))?;
-            (cert.clone(), key, CertSource::Development(cert))
+    if !args.acme.acme_domain.is_empty() {
+        let settings = tls::acme::AcmeSettings {
+            domains: args.acme.acme_domain.clone(),
+            email: args.acme.acme_email.clone(),
+            directory: args.acme.acme_directory.clone(),
+            ca_root: args.acme.acme_ca_root.clone(),
+            cache_dir: db_args.data_dir.join("acme"),
+        };
+        let mut acme = tls::acme::Acme::new(&settings)?;
+        if args.limits.no_http2 {
+            acme.config.alpn_protocols.retain(|p| p.as_slice() != b"h2");
         }
+        return Ok(TlsSetup {
+            config: None,
+            reloader: None,
+            acme: Some(acme),
+            source: CertSource::Acme(settings.domains),
+        });
+    }
+    if args.tls_cert.len() != args.tls_key.len() {
+        anyhow::bail!(
+            "{} --tls-cert but {} --tls-key: give them in pairs, each key after its certificate",
+            args.tls_cert.len(),
+            args.tls_key.len()
+        );
+    }
+    let (pairs, source) = if args.tls_cert.is_empty() {
+        let (cert, key) = tls::dev_certificate(&db_args.data_dir.join("tls"))?;
+        let pairs = vec![CertPair {
+            cert: cert.clone(),
+            key,
+        }];
+        (pairs, CertSource::Development(cert))
+    } else {
+        let pairs = args
+            .tls_cert
+            .iter()
+            .zip(&args.tls_key)
+            .map(|(cert, key)| CertPair {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .collect();
+        (pairs, CertSource::Files(args.tls_cert.clone()))
     };
-    let (chain, private_key) = tls::load_pem(&cert, &key)?;
-    let config = tls::server_config(chain, private_key)?;
-    Ok((Some(RustlsConfig::from_config(Arc::new(config))), source))
+    let keys = tls::reload::load_pairs(&pairs)?;
+    tls::reload::warn_if_expiring(&keys);
+    let resolver = Arc::new(CertResolver::new(keys));
+    let mut config = tls::server_config_with_resolver(resolver.clone())?;
+    if args.limits.no_http2 {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    let reloader = matches!(source, CertSource::Files(_)).then(|| Reloader {
+        pairs,
+        resolver,
+        interval: CERT_WATCH_INTERVAL,
+    });
+    Ok(TlsSetup {
+        config: Some(Arc::new(config)),
+        reloader,
+        acme: None,
+        source,
+    })
 }
 
 fn print_banner(
@@ -232,7 +345,18 @@ fn print_banner(
         format!("  destinations: {bound_count} active, {pending} pending"),
     ];
     match cert {
-        CertSource::Files(path) => lines.push(format!("  certificate: {}", path.display())),
+        CertSource::Files(paths) => {
+            for path in paths {
+                lines.push(format!(
+                    "  certificate: {} (reloaded on change or SIGHUP)",
+                    path.display()
+                ));
+            }
+        }
+        CertSource::Acme(domains) => lines.push(format!(
+            "  certificate: ACME for {} (TLS-ALPN-01 on this port; cached under {data_dir}/acme)",
+            domains.join(", ")
+        )),
         CertSource::Development(path) => lines.push(format!(
             "  certificate: {} (DEV ONLY: self-signed; KPN Things requires a certificate from a public CA)",
             path.display()

@@ -5,6 +5,11 @@
 //! nothing older, so a scanner sees no legacy protocol or CBC suite. The `ring` provider is
 //! used throughout; aws-lc-rs is kept out of the build.
 
+pub mod acme;
+pub mod check;
+pub mod reload;
+pub mod resolver;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,6 +37,46 @@ pub enum TlsError {
     Write {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("the private key in {path} cannot be used: {reason}")]
+    UnusableKey { path: PathBuf, reason: String },
+    #[error(
+        "the private key in {key} does not belong to the certificate in {cert}: \
+         give the key that was generated with this certificate's request"
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("certificate {index} in {path} cannot be parsed: {reason}")]
+    Unparsable {
+        path: PathBuf,
+        index: usize,
+        reason: String,
+    },
+    #[error(
+        "the {role} in {path} ({subject}) expired on {not_after}: \
+         renew it (or use --acme-domain for automatic renewal)"
+    )]
+    Expired {
+        path: PathBuf,
+        role: &'static str,
+        subject: String,
+        not_after: String,
+    },
+    #[error("the {role} in {path} ({subject}) is not valid before {not_before}: check the clock")]
+    NotYetValid {
+        path: PathBuf,
+        role: &'static str,
+        subject: String,
+        not_before: String,
+    },
+    #[error(
+        "the chain in {path} is incomplete: {subject} is issued by {issuer}, which is neither \
+         the next certificate in the file nor a public root CA; append the intermediate \
+         certificate(s) after the leaf (your CA's \"fullchain\" file)"
+    )]
+    MissingIntermediate {
+        path: PathBuf,
+        subject: String,
+        issuer: String,
     },
 }
 
@@ -70,6 +115,19 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A server configuration with KPN's policy whose certificate is chosen per handshake by
+/// `resolver` (several key types, reloadable).
+pub fn server_config_with_resolver(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(kpn_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
