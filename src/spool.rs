@@ -51,8 +51,9 @@ enum Command {
         record: Vec<u8>,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
-    /// Close the open segment so the replayer may read it.
-    Seal { reply: oneshot::Sender<()> },
+    /// Close the open segment so the replayer may read it. The answer is the highest
+    /// segment number that is closed for good: every later segment gets a higher number.
+    Seal { reply: oneshot::Sender<u64> },
 }
 
 /// Handle to the spool; cheap to clone.
@@ -67,8 +68,6 @@ struct Shared {
     max_bytes: u64,
     bytes: AtomicU64,
     records: AtomicU64,
-    /// Sequence number of the segment open for appends (0 when none is open).
-    open_segment: AtomicU64,
     replayed: AtomicU64,
 }
 
@@ -78,16 +77,17 @@ impl Spool {
         std::fs::create_dir_all(dir)?;
         let mut bytes = 0;
         let mut records = 0;
-        for (_, path) in segments(dir)? {
+        let mut next_segment = 1;
+        for (seq, path) in segments(dir)? {
             bytes += std::fs::metadata(&path)?.len();
             records += read_segment(&path)?.len() as u64;
+            next_segment = seq + 1;
         }
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             max_bytes,
             bytes: AtomicU64::new(bytes),
             records: AtomicU64::new(records),
-            open_segment: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
         });
         if records > 0 {
@@ -101,7 +101,7 @@ impl Spool {
         let worker = shared.clone();
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || append_loop(worker, rx))?;
+            .spawn(move || append_loop(worker, rx, next_segment))?;
         let spool = Spool {
             commands: tx,
             shared,
@@ -131,11 +131,11 @@ impl Spool {
         result
     }
 
-    async fn seal(&self) {
+    /// Closes the open segment; returns the highest segment number now closed for good.
+    async fn seal(&self) -> Option<u64> {
         let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Seal { reply }).await.is_ok() {
-            let _ = answer.await;
-        }
+        self.commands.send(Command::Seal { reply }).await.ok()?;
+        answer.await.ok()
     }
 
     fn publish_metrics(&self) {
@@ -159,7 +159,8 @@ impl Spool {
                 }
                 // Only when the database answers: each replay round seals the open segment,
                 // and a long outage should not leave thousands of tiny ones.
-                if spool.depth().0 == 0 || sqlx::query("SELECT 1").execute(&pool).await.is_err() {
+                // Bytes, not records: a segment holding only a torn record still has to go.
+                if spool.depth().1 == 0 || sqlx::query("SELECT 1").execute(&pool).await.is_err() {
                     continue;
                 }
                 if let Err(e) = spool.replay_once(&writer, &shutdown).await {
@@ -175,11 +176,14 @@ impl Spool {
         writer: &Writer,
         shutdown: &CancellationToken,
     ) -> Result<(), WriteError> {
-        self.seal().await;
-        let open = self.shared.open_segment.load(Ordering::Acquire);
+        let Some(sealed) = self.seal().await else {
+            return Err(WriteError::Closed);
+        };
         let list = segments(&self.shared.dir).map_err(|e| WriteError::Unavailable(e.into()))?;
         for (seq, path) in list {
-            if seq == open || shutdown.is_cancelled() {
+            // A segment numbered above `sealed` was opened after the seal and is still
+            // being appended to.
+            if seq > sealed || shutdown.is_cancelled() {
                 continue;
             }
             let records = read_segment(&path).map_err(|e| WriteError::Unavailable(e.into()))?;
@@ -217,7 +221,7 @@ impl Spool {
 }
 
 /// The spool writer thread: appends, one fsync per group of appends, seals on request.
-fn append_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) {
+fn append_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>, mut next_segment: u64) {
     let mut open: Option<(u64, File, u64)> = None;
     while let Some(command) = commands.blocking_recv() {
         let mut batch = vec![command];
@@ -234,8 +238,7 @@ fn append_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) {
                     {
                         failed.get_or_insert(e);
                     }
-                    shared.open_segment.store(0, Ordering::Release);
-                    let _ = reply.send(());
+                    let _ = reply.send(next_segment - 1);
                 }
                 Command::Append { record, reply } => {
                     let len = record.len() as u64;
@@ -243,7 +246,7 @@ fn append_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) {
                         let _ = reply.send(Err(SpoolError::Full(shared.max_bytes)));
                         continue;
                     }
-                    match write_record(&shared, &mut open, &record) {
+                    match write_record(&shared.dir, &mut open, &mut next_segment, &record) {
                         Ok(()) => {
                             shared.bytes.fetch_add(len, Ordering::Relaxed);
                             shared.records.fetch_add(1, Ordering::Relaxed);
@@ -264,6 +267,11 @@ fn append_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) {
             (Some((_, file, _)), None) => file.sync_data(),
             (None, None) => Ok(()),
         };
+        if synced.is_err() {
+            // After a failed fsync nothing later in this file can be trusted to be durable:
+            // later appends go to a new segment.
+            open = None;
+        }
         for reply in waiting {
             let _ = reply.send(match &synced {
                 Ok(()) => Ok(()),
@@ -273,9 +281,12 @@ fn append_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) {
     }
 }
 
+/// Appends one framed record to the open segment, opening a new one (numbered from the
+/// writer's own counter, never reused) when none is open or the current one is full.
 fn write_record(
-    shared: &Shared,
+    dir: &Path,
     open: &mut Option<(u64, File, u64)>,
+    next_segment: &mut u64,
     record: &[u8],
 ) -> std::io::Result<()> {
     if open.as_ref().is_some_and(|(_, _, len)| *len >= SEGMENT_MAX)
@@ -284,19 +295,24 @@ fn write_record(
         file.sync_all()?;
     }
     if open.is_none() {
-        let next = segments(&shared.dir)?.last().map_or(1, |(seq, _)| seq + 1);
-        let path = segment_path(&shared.dir, next);
+        let seq = *next_segment;
+        *next_segment += 1;
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
-            .open(&path)?;
+            .open(segment_path(dir, seq))?;
         // Make the new file's directory entry durable too.
-        File::open(&shared.dir)?.sync_all()?;
-        shared.open_segment.store(next, Ordering::Release);
-        *open = Some((next, file, 0));
+        File::open(dir)?.sync_all()?;
+        *open = Some((seq, file, 0));
     }
     let (_, file, len) = open.as_mut().expect("a segment is open");
-    file.write_all(record)?;
+    if let Err(e) = file.write_all(record) {
+        // Cut the partial record off so that acknowledged records after it stay readable,
+        // and start a new segment for them anyway.
+        let _ = file.set_len(*len);
+        *open = None;
+        return Err(e);
+    }
     *len += record.len() as u64;
     Ok(())
 }
