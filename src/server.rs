@@ -69,9 +69,11 @@ async fn serve_with(
 ) -> anyhow::Result<()> {
     key_check::verify_or_init(&database.pool, &key).await?;
     let shutdown = CancellationToken::new();
-    partitions::ensure(&database.pool, chrono::Utc::now())
-        .await
-        .context("cannot create the measurements partitions")?;
+    // Not fatal: the DEFAULT partition takes every row until the monthly ones exist, and
+    // the maintenance task tries again.
+    if let Err(e) = partitions::ensure(&database.pool, chrono::Utc::now()).await {
+        tracing::warn!(error = %e, "cannot create measurements partitions yet");
+    }
     spawn_maintenance(database.pool.clone(), args.retention, shutdown.clone());
     let secrets = SecretCache::load(database.pool.clone(), key.clone())
         .await

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::ingest::headers::extra_headers;
+use crate::ingest::pipeline::Accepted;
 use crate::store::deliveries::RawDelivery;
 use crate::token::{BodyDigest, Token};
 
@@ -99,7 +100,9 @@ async fn receive_inner(
     };
     let accepted = state.pipeline.accept(raw).await?;
 
-    if verified.bind_plug.is_some() {
+    // Spooled, the binding is not in the database yet: the next delivery for this plug
+    // matches the pending secret again and carries the same binding.
+    if verified.bind_plug.is_some() && accepted != Accepted::Spooled {
         tracing::info!(destination = %verified.destination.name, %plug, "bound pending destination to its plug");
         // Our own cache must know the plug before the next delivery; the notification
         // reaches the other processes.

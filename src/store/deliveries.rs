@@ -245,7 +245,32 @@ async fn upsert_devices(
     .bind(seen)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows.into_iter().collect())
+    let mut ids: HashMap<String, i64> = rows.into_iter().collect();
+    // A device inserted by a concurrent transaction that committed while ours waited on it is
+    // skipped by DO NOTHING yet invisible to this statement's snapshot; a new statement sees it.
+    let missing: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !ids.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT urn_key, id FROM devices WHERE urn_key = ANY($1)")
+                .bind(&missing)
+                .fetch_all(&mut *tx)
+                .await?;
+        ids.extend(rows);
+    }
+    if ids.len() < keys.len() {
+        return Err(sqlx::Error::RowNotFound);
+    }
+    Ok(ids)
+}
+
+fn device_id(ids: &HashMap<String, i64>, record: &Measurement) -> Result<i64, sqlx::Error> {
+    ids.get(&device_key(&record.device))
+        .copied()
+        .ok_or(sqlx::Error::RowNotFound)
 }
 
 /// Column vectors for an UNNEST insert of measurement-shaped rows.
@@ -331,7 +356,7 @@ async fn insert_measurements(
     let mut columns = Columns::with_capacity(total);
     for (message_id, records) in messages {
         for record in *records {
-            columns.push(device_ids[&device_key(&record.device)], record, *message_id);
+            columns.push(device_id(device_ids, record)?, record, *message_id);
         }
     }
     columns.execute(tx, INSERT_MEASUREMENTS).await
@@ -358,10 +383,7 @@ async fn upsert_latest(
     let mut newest: BTreeMap<(i64, &str), (&Measurement, i64)> = BTreeMap::new();
     for (message_id, records) in messages {
         for record in *records {
-            let key = (
-                device_ids[&device_key(&record.device)],
-                record.name.as_str(),
-            );
+            let key = (device_id(device_ids, record)?, record.name.as_str());
             newest
                 .entry(key)
                 .and_modify(|(m, id)| {

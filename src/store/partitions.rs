@@ -60,8 +60,13 @@ async fn create_month(pool: &PgPool, start: DateTime<Utc>) -> Result<bool, sqlx:
         return Ok(false);
     }
     let (from, to) = (start.to_rfc3339(), end.to_rfc3339());
+    // Take the locks ATTACH needs up front, in the order ingest transactions take them
+    // (devices, messages, then measurements), so the two can only wait, never deadlock.
+    // Ingest pauses for the moment this takes; it happens once a month.
     let sql = format!(
-        "CREATE TABLE {name} (LIKE measurements INCLUDING DEFAULTS); \
+        "LOCK TABLE devices, messages IN SHARE ROW EXCLUSIVE MODE; \
+         LOCK TABLE measurements_default IN ACCESS EXCLUSIVE MODE; \
+         CREATE TABLE {name} (LIKE measurements INCLUDING DEFAULTS); \
          WITH moved AS (DELETE FROM measurements_default WHERE time >= '{from}' AND time < '{to}' RETURNING *) \
          INSERT INTO {name} SELECT * FROM moved; \
          ALTER TABLE measurements ATTACH PARTITION {name} FOR VALUES FROM ('{from}') TO ('{to}');"
