@@ -19,6 +19,10 @@ pub struct AppState {
     pub secrets: Arc<SecretCache>,
     /// Largest accepted ingest body, in bytes.
     pub max_body: usize,
+    /// Seals the secrets of destinations created or rotated through the admin API.
+    pub key: crate::secrets::SecretKey,
+    /// The dashboard API's own state: live stream, limits, failed-authentication limiter.
+    pub api: Arc<crate::api::ApiState>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -34,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(ingest)
         .nest("/api/v1", crate::api::router())
+        .merge(crate::api::docs::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(TraceLayer::new_for_http())

@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// How long a request waits for a database connection before answering 503.
     #[arg(long, env = "THINGS_DB_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub db_timeout: Duration,
+    /// Most points one `GET /api/v1/series` answer may hold; larger requests are refused
+    /// with a hint on how to narrow them.
+    #[arg(long, env = "THINGS_MAX_SERIES_POINTS", default_value_t = crate::api::DEFAULT_MAX_SERIES_POINTS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_series_points: u64,
 }
 
 #[derive(Debug, Subcommand)]

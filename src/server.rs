@@ -57,10 +57,16 @@ async fn serve_with(
         .context("cannot load destinations")?;
     secrets.clone().spawn_refresher(shutdown.clone());
 
+    let api = Arc::new(crate::api::ApiState::new(args.max_series_points));
+    api.live
+        .clone()
+        .spawn_listener(database.pool.clone(), shutdown.clone());
     let state = Arc::new(AppState {
         pool: database.pool.clone(),
         secrets: secrets.clone(),
         max_body: args.max_body,
+        key: key.clone(),
+        api: api.clone(),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
 
@@ -103,6 +109,7 @@ async fn serve_with(
 
     wait_for_signal().await;
     tracing::info!("shutting down: finishing requests in flight");
+    api.live.close();
     handle.graceful_shutdown(Some(GRACE_PERIOD));
     // A second signal forces the exit.
     tokio::select! {

@@ -13,7 +13,7 @@ use crate::secrets::{SecretKey, check_secret, generate_secret};
 use crate::store::destinations::{self, DestinationRow, NewDestination};
 
 /// A destination as shown to people: never its secrets.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DestinationInfo {
     pub id: Uuid,
     pub plug: Option<Uuid>,
@@ -48,7 +48,7 @@ impl From<DestinationRow> for DestinationInfo {
 }
 
 /// A destination together with its secret, returned once on creation or rotation.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WithSecret {
     #[serde(flatten)]
     pub destination: DestinationInfo,

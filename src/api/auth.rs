@@ -1,8 +1,9 @@
 //! `Authorization: Bearer KEY` for the dashboard API.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -63,6 +64,20 @@ impl FromRequestParts<Arc<AppState>> for ApiKey {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
+        let address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let limiter = &state.api.auth_limiter;
+        if let Some(address) = address {
+            limiter.check(address).map_err(AppError::TooManyAttempts)?;
+        }
+        let failed = || {
+            if let Some(address) = address {
+                limiter.failed(address);
+            }
+            AppError::Unauthenticated
+        };
         let key = parts
             .headers
             .get(AUTHORIZATION)
@@ -73,10 +88,10 @@ impl FromRequestParts<Arc<AppState>> for ApiKey {
             })
             .map(str::trim)
             .filter(|k| !k.is_empty())
-            .ok_or(AppError::Unauthenticated)?;
+            .ok_or_else(failed)?;
         let scopes = crate::store::api_keys::authenticate(&state.pool, &key_hash(key))
             .await?
-            .ok_or(AppError::Unauthenticated)?;
+            .ok_or_else(failed)?;
         Ok(ApiKey { scopes })
     }
 }
