@@ -162,6 +162,7 @@ pub async fn series(
         }
     };
 
+    let device = devices::find(&state, &device).await?;
     let first_bucket = bucket_start(from, every);
     let buckets_per_name = bucket_count(first_bucket, to, every);
     let points = buckets_per_name.saturating_mul(names.len() as u64);
@@ -178,7 +179,6 @@ pub async fn series(
         )));
     }
 
-    let device = devices::find(&state, &device).await?;
     let query = SeriesQuery {
         device_id: device.id,
         names: &names,
