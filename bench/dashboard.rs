@@ -23,7 +23,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_things-receiver");
 const SECRET: &str = "Bench-Secret#For.Things/Loading!2024";
 /// 2024-01-01T00:00:00Z: the start of the loaded period.
 const START: i64 = 1_704_067_200;
-/// Devices per load statement.
+/// Points (of every device) per load statement.
 const LOAD_BATCH: i64 = 50;
 
 fn setting(name: &str, default: i64) -> i64 {
@@ -90,7 +90,9 @@ async fn run(
         pg.socket_dir().display()
     );
     let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-    sqlx::raw_sql("CREATE DATABASE bench").execute(&mut admin).await?;
+    sqlx::raw_sql("CREATE DATABASE bench")
+        .execute(&mut admin)
+        .await?;
     let url = admin_url.replace("/postgres?", "/bench?");
 
     // The CLI migrates the database, adds the destination and an API key, as an operator would.
@@ -125,11 +127,14 @@ async fn run(
         .trim()
         .to_owned();
 
-    let pool = PgPoolOptions::new().max_connections(2).connect(&url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await?;
     let loaded = Instant::now();
     load(&pool, shape).await?;
     println!(
-        "Loaded in {:.1} s (bulk INSERT ... SELECT in batches of {LOAD_BATCH} devices, then VACUUM ANALYZE)\n",
+        "Loaded in {:.1} s (bulk INSERT ... SELECT in time order, {LOAD_BATCH} points of every device per statement, then VACUUM ANALYZE)\n",
         loaded.elapsed().as_secs_f64()
     );
     storage(&pool).await?;
@@ -140,7 +145,7 @@ async fn run(
     outcome
 }
 
-/// Bulk load: per batch of devices one statement per table, generated inside PostgreSQL.
+/// Bulk load: per batch of points one statement per table, generated inside PostgreSQL.
 /// Triggers are skipped (`session_replication_role = replica`) and what they maintain is
 /// computed once at the end: message counts and latest values.
 async fn load(pool: &PgPool, shape: &Shape) -> anyhow::Result<()> {
@@ -163,20 +168,24 @@ async fn load(pool: &PgPool, shape: &Shape) -> anyhow::Result<()> {
     .bind(shape.points)
     .execute(&mut *conn)
     .await?;
-    let mut first = 1;
-    while first <= shape.devices {
-        let last = (first + LOAD_BATCH - 1).min(shape.devices);
+    // In time order, every device interleaved, as real ingestion writes them: the rows of
+    // one series are spread over the table, not clustered.
+    let mut first = 0;
+    while first < shape.points {
+        let last = (first + LOAD_BATCH - 1).min(shape.points - 1);
         let batch = Instant::now();
+        let before: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM messages")
+            .fetch_one(&mut *conn)
+            .await?;
         // One message per (device, point), carrying one record per name.
         sqlx::query(
             "INSERT INTO messages (destination_id, token, received_at, body, headers, status, record_count, device_id) \
-             SELECT $1, sha256(int8send(d * 1000000 + p)), \
-                    to_timestamp($4 + p * $5 + (d % 60)), \
-                    convert_to('[{\"bn\":\"' || dv.urn || '\",\"bt\":' || ($4 + p * $5 + (d % 60)) || ',\"n\":\"temperature\",\"v\":21.5}]', 'UTF8'), \
+             SELECT $1, sha256(int8send(dv.id * 1000000 + p)), \
+                    to_timestamp($4 + p * $5 + (dv.id % 60)), \
+                    convert_to('[{\"bn\":\"' || dv.urn || '\",\"bt\":' || ($4 + p * $5 + (dv.id % 60)) || ',\"n\":\"temperature\",\"v\":21.5}]', 'UTF8'), \
                     '{\"content-type\":\"application/json\"}', 'stored', $6, dv.id \
-             FROM generate_series($2::int8, $3::int8) d \
-             JOIN devices dv ON dv.id = d \
-             CROSS JOIN generate_series(0, $7::int8 - 1) p",
+             FROM generate_series($2::int8, $3::int8) p CROSS JOIN devices dv \
+             ORDER BY p, dv.id",
         )
         .bind(destination)
         .bind(first)
@@ -184,7 +193,6 @@ async fn load(pool: &PgPool, shape: &Shape) -> anyhow::Result<()> {
         .bind(START as f64)
         .bind(shape.step() as f64)
         .bind(shape.names as i32)
-        .bind(shape.points)
         .execute(&mut *conn)
         .await?;
         sqlx::query(
@@ -192,16 +200,15 @@ async fn load(pool: &PgPool, shape: &Shape) -> anyhow::Result<()> {
              SELECT m.device_id, m.received_at, 'name' || n, 'Cel', \
                     round((20 + 10 * sin(extract(epoch FROM m.received_at) / 86400.0 + n) + random())::numeric, 2)::float8, \
                     m.id \
-             FROM messages m CROSS JOIN generate_series(1, $3::int8) n \
-             WHERE m.device_id BETWEEN $1 AND $2",
+             FROM messages m CROSS JOIN generate_series(1, $2::int8) n \
+             WHERE m.id > $1 ORDER BY m.id, n",
         )
-        .bind(first)
-        .bind(last)
+        .bind(before)
         .bind(shape.names)
         .execute(&mut *conn)
         .await?;
         eprintln!(
-            "  devices {first}..{last} loaded in {:.1} s",
+            "  points {first}..{last} of every device loaded in {:.1} s",
             batch.elapsed().as_secs_f64()
         );
         first = last + 1;
@@ -260,7 +267,10 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
         let mut base_url = None;
         for line in lines.by_ref() {
@@ -402,7 +412,9 @@ async fn measure(
         Scenario {
             name: "first page of one device's measurements (100)",
             path: Box::new(|s, d, _| format!("/api/v1/measurements?device={}&limit=100", s.urn(d))),
-            explain: Some(Box::new(|_, d, _| page_sql(&format!(" AND m.device_id = {d}")))),
+            explain: Some(Box::new(|_, d, _| {
+                page_sql(&format!(" AND m.device_id = {d}"))
+            })),
         },
         Scenario {
             name: "devices page (100, with message counts)",
@@ -473,10 +485,11 @@ async fn measure(
             continue;
         };
         let sql = explain(shape, device, day);
-        let plan: Vec<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (ANALYZE, BUFFERS) {sql}")))
-                .fetch_all(pool)
-                .await?;
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (ANALYZE, BUFFERS) {sql}"
+        )))
+        .fetch_all(pool)
+        .await?;
         println!("### {}\n\n```\n{}\n```\n", scenario.name, plan.join("\n"));
     }
     Ok(())

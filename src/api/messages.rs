@@ -175,7 +175,7 @@ pub async fn list(
     get, path = "/messages/{id}/raw", tag = "messages",
     params(("id" = String, Path, description = "The message id")),
     responses(
-        (status = 200, content((Vec<u8> = "application/octet-stream"))),
+        (status = 200, description = "The body bytes", content((String = "application/octet-stream"))),
         (status = 400, description = "Not a message id", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "The key lacks the read scope", body = ErrorBody),
