@@ -893,3 +893,75 @@ async fn the_openapi_document_and_docs_page_are_served_offline() {
         !page.contains("src=\"http") && !page.contains("href=\"http") && !page.contains("@import")
     );
 }
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_dropped_and_ingestion_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let key = env.api_key("reader", "read");
+    let server = env.serve(&["--plain-http"]);
+    let client = client();
+
+    // A subscriber with a tiny receive window that reads nothing.
+    let address: std::net::SocketAddr = server
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(address).await.unwrap();
+    stuck
+        .write_all(
+            format!(
+                "GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+
+    // Far more measurements than the channel and the socket buffers hold; every delivery is
+    // answered as usual.
+    let per_pack = 4000;
+    for round in 0..12_i64 {
+        let records: Vec<(&str, i64, f64)> = (0..per_pack)
+            .map(|i| ("level", T0 + round * per_pack + i, i as f64))
+            .collect();
+        let body = pack(SENSOR, &records);
+        let response = deliver(&client, &server, plug, SECRET, &body).await;
+        assert_eq!(response.status(), 200, "round {round}");
+    }
+
+    // Reading now, the subscriber finds it was dropped: a final event, then the end.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, stuck.read(&mut buffer))
+            .await
+            .expect("the stream was not ended")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if text.contains("event: dropped") && text.ends_with("0\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("event: measurement"),
+        "{}",
+        &text[..text.len().min(500)]
+    );
+    assert!(
+        text.contains("event: dropped"),
+        "the slow subscriber was not dropped"
+    );
+}
