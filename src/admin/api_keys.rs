@@ -20,6 +20,12 @@ pub async fn create(
     if name.is_empty() {
         return Err(AdminError::Invalid("the key name must not be empty".into()));
     }
+    if name.chars().count() > super::MAX_NAME_CHARS {
+        return Err(AdminError::Invalid(format!(
+            "the key name must be at most {} characters",
+            super::MAX_NAME_CHARS
+        )));
+    }
     if name.chars().any(char::is_control) {
         return Err(AdminError::Invalid(
             "the key name must not contain control characters".into(),

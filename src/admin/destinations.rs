@@ -77,6 +77,12 @@ pub async fn add(
             "the destination name must not be empty".into(),
         ));
     }
+    if name.chars().count() > super::MAX_NAME_CHARS {
+        return Err(AdminError::Invalid(format!(
+            "the destination name must be at most {} characters",
+            super::MAX_NAME_CHARS
+        )));
+    }
     if name.chars().any(char::is_control) {
         return Err(AdminError::Invalid(
             "the destination name must not contain control characters".into(),

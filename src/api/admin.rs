@@ -33,15 +33,23 @@ const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDestination {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: String,
     /// KPN's Things-Plug-UUID, if known; otherwise the first verified delivery binds it.
     plug: Option<Uuid>,
     /// The shared secret configured at KPN (at least 30 printable characters); generated and
     /// returned once when absent.
+    #[schema(pattern = "^[!-~]{30,}$")]
     secret: Option<String>,
     /// The status answered to KPN for accepted deliveries (2xx, default 200).
+    #[schema(minimum = 200, maximum = 299)]
     response_code: Option<u16>,
     /// Static headers KPN sends on every delivery, required here too.
+    #[schema(schema_with = header_map_schema)]
     required_headers: Option<BTreeMap<String, String>>,
 }
 
@@ -50,8 +58,11 @@ pub struct NewDestination {
 #[serde(deny_unknown_fields)]
 pub struct Rotation {
     /// The new secret; generated and returned once when absent.
+    #[schema(pattern = "^[!-~]{30,}$")]
     secret: Option<String>,
-    /// How long the previous secret stays valid, e.g. `24h` (default), `30m`, `0s`.
+    /// How long the previous secret stays valid, e.g. `24h` (default), `30m`, `0s` (at most
+    /// 366 days; other humantime spellings such as `1day` work too).
+    #[schema(pattern = "^[0-9]{1,3}(s|m|h|d)$")]
     overlap: Option<String>,
 }
 
@@ -59,9 +70,46 @@ pub struct Rotation {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: String,
     /// One or more of `read`, `downlink`, `admin` (admin implies the others).
+    #[schema(min_items = 1, value_type = Vec<ScopeName>)]
     scopes: Vec<String>,
+}
+
+/// A scope an API key can have.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ScopeName {
+    Read,
+    Downlink,
+    Admin,
+}
+
+/// Header names (HTTP tokens) to header values (visible text).
+fn header_map_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f]*$")),
+        ))
+        .build()
 }
 
 /// A new API key: `key` is shown only in this answer.
@@ -192,6 +240,7 @@ pub async fn rotate_destination(
     params(("plug" = String, Path, description = "The destination's plug UUID or name")),
     responses(
         (status = 204, description = "Removed"),
+        (status = 400, description = "The plug or name is not acceptable text", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such destination", body = ErrorBody),
@@ -265,6 +314,7 @@ pub async fn create_api_key(
     params(("name" = String, Path, description = "The key's name")),
     responses(
         (status = 204, description = "Revoked"),
+        (status = 400, description = "The name is not acceptable text", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No live key has that name", body = ErrorBody),

@@ -88,7 +88,8 @@ impl FromRequestParts<Arc<AppState>> for ApiKey {
             })
             .map(str::trim)
             .filter(|k| !k.is_empty())
-            .ok_or_else(failed)?;
+            // No key is no guess: it costs nothing and is not counted.
+            .ok_or(AppError::Unauthenticated)?;
         let scopes = crate::store::api_keys::authenticate(&state.pool, &key_hash(key))
             .await?
             .ok_or_else(failed)?;

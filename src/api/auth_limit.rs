@@ -2,8 +2,9 @@
 //!
 //! API keys are long random strings, so guessing is hopeless anyway; the limit keeps a
 //! misconfigured or hostile client from turning failed attempts into database load. Each
-//! address may fail [`MAX_FAILURES`] times per [`WINDOW`]; after that it gets 429 with
-//! `Retry-After` until the window ends, even with a valid key. Kept in memory per process:
+//! address may present a wrong key [`MAX_FAILURES`] times per [`WINDOW`] (requests without
+//! any key cost no lookup and are not counted); after that it gets 429 with `Retry-After`
+//! until the window ends, even with a valid key, so the limit cannot be used as an oracle. Kept in memory per process:
 //! with several replicas a client gets that many attempts per replica, which is still bounded.
 //! Behind a reverse proxy every client shares the proxy's address.
 

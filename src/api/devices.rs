@@ -23,10 +23,13 @@ const KINDS: [&str; 4] = ["DEVEUI", "IMEI", "DVNUUID", "other"];
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Part of the device URN, matched case-insensitively.
+    #[param(pattern = "^[^\\u0000]*$", max_length = 1000)]
     q: Option<String>,
-    /// The URN kind: DEVEUI, IMEI, DVNUUID or other.
+    /// The URN kind: DEVEUI, IMEI, DVNUUID or other (any case).
+    #[param(pattern = "^(DEVEUI|IMEI|DVNUUID|other|deveui|imei|dvnuuid|OTHER)?$")]
     kind: Option<String>,
     /// Devices per page, 1 to 1000 (default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -171,6 +174,7 @@ pub async fn list(
     params(("urn" = String, Path, description = "The device URN (any case)")),
     responses(
         (status = 200, body = Device),
+        (status = 400, description = "The URN is not acceptable text", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "The key lacks the read scope", body = ErrorBody),
         (status = 404, description = "No such device", body = ErrorBody),
@@ -194,6 +198,7 @@ pub async fn get(
     params(("urn" = String, Path, description = "The device URN (any case)")),
     responses(
         (status = 200, body = Latest),
+        (status = 400, description = "The URN is not acceptable text", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "The key lacks the read scope", body = ErrorBody),
         (status = 404, description = "No such device", body = ErrorBody),

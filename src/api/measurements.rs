@@ -23,14 +23,19 @@ use crate::store::measurements::{self, MeasurementFilter, MeasurementRow};
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// The device URN (any case).
+    #[param(pattern = "^[^\\u0000]*$", max_length = 1000)]
     device: Option<String>,
     /// The measurement name, e.g. `temperature`.
+    #[param(pattern = "^[^\\u0000]*$", max_length = 1000)]
     name: Option<String>,
     /// Start, inclusive (RFC 3339).
+    #[param(format = DateTime)]
     from: Option<String>,
     /// End, exclusive (RFC 3339).
+    #[param(format = DateTime)]
     to: Option<String>,
     /// Items per page, 1 to 1000 (default 100); ignored by exports.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,

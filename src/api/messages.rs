@@ -24,12 +24,16 @@ use crate::store::messages::{self, MessageFilter, MessageRow};
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// `stored` or `quarantined` (not valid SenML, kept as received).
+    #[param(pattern = "^(stored|quarantined)?$")]
     status: Option<String>,
     /// Received at or after (RFC 3339).
+    #[param(format = DateTime)]
     from: Option<String>,
     /// Received before (RFC 3339).
+    #[param(format = DateTime)]
     to: Option<String>,
     /// Items per page, 1 to 1000 (default 100); ignored by exports.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -173,7 +177,7 @@ pub async fn list(
 /// A delivery's body exactly as received.
 #[utoipa::path(
     get, path = "/messages/{id}/raw", tag = "messages",
-    params(("id" = String, Path, description = "The message id")),
+    params(("id" = i64, Path, description = "The message id")),
     responses(
         (status = 200, description = "The body bytes", content((String = "application/octet-stream"))),
         (status = 400, description = "Not a message id", body = ErrorBody),

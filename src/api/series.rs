@@ -23,7 +23,7 @@ use crate::store::series::{self, Aggregate, SeriesQuery};
 pub const MAX_NAMES: usize = 100;
 const DEFAULT_RANGE: TimeDelta = TimeDelta::hours(24);
 const MIN_EVERY: TimeDelta = TimeDelta::seconds(1);
-const MAX_EVERY: TimeDelta = TimeDelta::days(366);
+const MAX_EVERY: TimeDelta = TimeDelta::days(1000);
 
 /// Query parameters (documentation only: parsing is by hand, to allow repeated `name`).
 #[derive(Debug, IntoParams)]
@@ -31,22 +31,50 @@ const MAX_EVERY: TimeDelta = TimeDelta::days(366);
 #[allow(dead_code)]
 pub struct SeriesParams {
     /// The device URN.
-    #[param(required = true)]
+    #[param(
+        required = true,
+        min_length = 1,
+        pattern = "^[^\\u0000]*$",
+        max_length = 1000
+    )]
     device: String,
     /// Measurement names: repeat the parameter or separate with commas.
-    #[param(required = true, explode = true)]
+    #[param(required = true, explode = true, min_items = 1, max_items = 100, value_type = Vec<NameParam>)]
     name: Vec<String>,
     /// Start, inclusive (RFC 3339; default: 24 hours before `to`).
+    #[param(format = DateTime)]
     from: Option<String>,
     /// End, exclusive (RFC 3339; default: now).
+    #[param(format = DateTime)]
     to: Option<String>,
-    /// Bucket size, e.g. `30s`, `5m`, `1h`, `1day` (default 5m; from 1s to 366 days).
+    /// Bucket size: a number and s, m, h or d, e.g. `30s`, `5m`, `1h`, `1d` (default 5m; at
+    /// most 1000 days). Other humantime spellings (`1day`, `90min`) work too.
+    #[param(pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$")]
     every: Option<String>,
     /// How values in a bucket combine: avg (default), min, max, sum, count, first, last.
+    #[param(pattern = "^(avg|min|max|sum|count|first|last)?$")]
     agg: Option<String>,
-    /// Empty buckets: left out (default), `null`, or `previous` (the last value before).
+    /// Empty buckets: left out (`none`, the default), `null`, or `previous` (the last value
+    /// before).
+    #[param(pattern = "^(none|null|previous)?$")]
     fill: Option<String>,
 }
+
+/// A measurement name in `name` (no commas: they separate names). Documentation only.
+pub struct NameParam;
+
+impl utoipa::PartialSchema for NameParam {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(1000))
+            .pattern(Some("^[^,\\u0000]*[^,\\s\\u0000][^,\\u0000]*$"))
+            .into()
+    }
+}
+
+impl ToSchema for NameParam {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fill {
@@ -252,7 +280,7 @@ fn parse_every(text: Option<&str>) -> Result<TimeDelta, AppError> {
     let bad = || {
         AppError::bad_parameter(
             "every",
-            "expected a duration from 1s to 366days, e.g. 30s, 5m, 1h, 1day",
+            "expected a duration from 1s to 1000d, e.g. 30s, 5m, 1h, 1d",
         )
     };
     let duration = humantime::parse_duration(text).map_err(|_| bad())?;
@@ -305,7 +333,7 @@ mod tests {
     fn every_is_bounded() {
         assert_eq!(parse_every(Some("1h")).unwrap(), TimeDelta::hours(1));
         assert!(parse_every(Some("500ms")).is_err());
-        assert!(parse_every(Some("400days")).is_err());
+        assert!(parse_every(Some("1001d")).is_err());
         assert!(parse_every(Some("soon")).is_err());
     }
 }

@@ -26,8 +26,10 @@ use crate::senml::device_key;
 #[into_params(parameter_in = Query)]
 pub struct StreamParams {
     /// Only this device (URN, any case); it need not have been seen yet.
+    #[param(pattern = "^[^\\u0000]*$", max_length = 1000)]
     device: Option<String>,
     /// Only this measurement name.
+    #[param(pattern = "^[^\\u0000]*$", max_length = 1000)]
     name: Option<String>,
 }
 
@@ -41,6 +43,7 @@ pub struct StreamParams {
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "The key lacks the read scope", body = ErrorBody),
         (status = 429, description = "Too many failed authentications", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
