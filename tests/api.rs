@@ -844,9 +844,22 @@ async fn repeated_failed_authentication_is_rate_limited() {
     assert!((1..=60).contains(&retry), "{retry}");
     let (_, json) = status_json(response).await;
     assert_eq!(json["error"], "too_many_attempts");
-    // While blocked, even a good key from that address waits.
+    // A valid key still works (others may share the address), and a request without a key
+    // is an ordinary 401.
     assert_eq!(
         api_get(&client, &server, &key, "/api/v1/devices").await.0,
+        200
+    );
+    let response = client
+        .get(server.url("/api/v1/devices"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        api_get(&client, &server, "trk_guess", "/api/v1/devices")
+            .await
+            .0,
         429
     );
     // Ingest is not behind API authentication.

@@ -64,20 +64,6 @@ impl FromRequestParts<Arc<AppState>> for ApiKey {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let address = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let limiter = &state.api.auth_limiter;
-        if let Some(address) = address {
-            limiter.check(address).map_err(AppError::TooManyAttempts)?;
-        }
-        let failed = || {
-            if let Some(address) = address {
-                limiter.failed(address);
-            }
-            AppError::Unauthenticated
-        };
         let key = parts
             .headers
             .get(AUTHORIZATION)
@@ -90,9 +76,20 @@ impl FromRequestParts<Arc<AppState>> for ApiKey {
             .filter(|k| !k.is_empty())
             // No key is no guess: it costs nothing and is not counted.
             .ok_or(AppError::Unauthenticated)?;
-        let scopes = crate::store::api_keys::authenticate(&state.pool, &key_hash(key))
-            .await?
-            .ok_or_else(failed)?;
-        Ok(ApiKey { scopes })
+        let scopes = crate::store::api_keys::authenticate(&state.pool, &key_hash(key)).await?;
+        if let Some(scopes) = scopes {
+            return Ok(ApiKey { scopes });
+        }
+        // A wrong key: counted per client address; past the limit the answer says to wait.
+        let address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(address) = address {
+            let limiter = &state.api.auth_limiter;
+            limiter.check(address).map_err(AppError::TooManyAttempts)?;
+            limiter.failed(address);
+        }
+        Err(AppError::Unauthenticated)
     }
 }

@@ -1,12 +1,13 @@
 //! Rate limiting of failed API authentication, per client address.
 //!
-//! API keys are long random strings, so guessing is hopeless anyway; the limit keeps a
-//! misconfigured or hostile client from turning failed attempts into database load. Each
-//! address may present a wrong key [`MAX_FAILURES`] times per [`WINDOW`] (requests without
-//! any key cost no lookup and are not counted); after that it gets 429 with `Retry-After`
-//! until the window ends, even with a valid key, so the limit cannot be used as an oracle. Kept in memory per process:
-//! with several replicas a client gets that many attempts per replica, which is still bounded.
-//! Behind a reverse proxy every client shares the proxy's address.
+//! API keys are long random strings, so guessing is hopeless anyway; the limit makes a
+//! client that keeps presenting wrong keys (a misconfigured dashboard, a scanner) back off
+//! instead of hammering the service. Each address may present a wrong key [`MAX_FAILURES`]
+//! times per [`WINDOW`]; after that wrong keys from it get 429 with `Retry-After` until the
+//! window ends. Requests without a key are not counted (they cost no lookup), and a valid key
+//! always works: many clients can share one address (a NAT, a reverse proxy), and one
+//! misbehaving client must not lock the others out. Kept in memory per process: with several
+//! replicas a client gets that many attempts per replica, which is still bounded.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

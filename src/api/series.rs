@@ -39,7 +39,7 @@ pub struct SeriesParams {
     )]
     device: String,
     /// Measurement names: repeat the parameter or separate with commas.
-    #[param(required = true, explode = true, min_items = 1, max_items = 100, value_type = Vec<NameParam>)]
+    #[param(required = true, explode = true, min_items = 1, max_items = 100, value_type = Vec<NameParam>, inline)]
     name: Vec<String>,
     /// Start, inclusive (RFC 3339; default: 24 hours before `to`).
     #[param(format = DateTime)]
