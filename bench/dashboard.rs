@@ -304,12 +304,15 @@ impl Drop for Server {
     }
 }
 
+/// Builds a request path or an SQL text from the shape, a device number and a day offset.
+type Builder = Box<dyn Fn(&Shape, i64, i64) -> String>;
+
 struct Scenario {
     name: &'static str,
-    /// Builds the path of one request from a random device number and day offset.
-    path: Box<dyn Fn(&Shape, i64, i64) -> String>,
+    /// The path of one request.
+    path: Builder,
     /// The SQL the API runs for it, for EXPLAIN (with the same parameters).
-    explain: Option<Box<dyn Fn(&Shape, i64, i64) -> String>>,
+    explain: Option<Builder>,
 }
 
 fn day_start(day: i64) -> i64 {
