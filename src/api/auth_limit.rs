@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub const MAX_FAILURES: u32 = 30;
+pub const MAX_FAILURES: u32 = 100;
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Addresses tracked at most; past this, expired entries are swept before inserting.
 const MAX_TRACKED: usize = 100_000;

@@ -9,7 +9,6 @@ pub const MAX_LIMIT: i64 = 1000;
 
 pub fn time(name: &'static str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, AppError> {
     value
-        .filter(|v| !v.is_empty())
         .map(|v| {
             DateTime::parse_from_rfc3339(v)
                 .map(|t| t.with_timezone(&Utc))
