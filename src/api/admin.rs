@@ -62,7 +62,9 @@ pub struct Rotation {
     secret: Option<String>,
     /// How long the previous secret stays valid, e.g. `24h` (default), `30m`, `0s` (at most
     /// 366 days; other humantime spellings such as `1day` work too).
-    #[schema(pattern = "^[0-9]{1,3}(s|m|h|d)$")]
+    #[schema(
+        pattern = "^([0-9]{1,4}(s|m)|[0-9]{1,3}h|([0-9]{1,2}|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d)$"
+    )]
     overlap: Option<String>,
 }
 
@@ -183,7 +185,7 @@ pub async fn add_destination(
 #[utoipa::path(
     post, path = "/destinations/{plug}/rotate", tag = "admin",
     params(("plug" = String, Path, description = "The destination's plug UUID or name")),
-    request_body(content = Rotation, description = "Optional"),
+    request_body(content = Option<Rotation>, description = "Optional"),
     responses(
         (status = 200, description = "Rotated; `secret` is present only when it was generated", body = WithSecret),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
