@@ -28,6 +28,10 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Whether KPN credentials are configured, so that downlinks can be sent.
     pub downlinks_enabled: bool,
+    /// Seals the secrets of destinations created or rotated through the admin API.
+    pub key: crate::secrets::SecretKey,
+    /// The dashboard API's own state: live stream, limits, failed-authentication limiter.
+    pub api: Arc<crate::api::ApiState>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -44,6 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(ingest)
         .nest("/api/v1", crate::api::router())
         .route("/metrics", get(crate::metrics::render))
+        .merge(crate::api::docs::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(TraceLayer::new_for_http())

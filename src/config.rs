@@ -124,6 +124,11 @@ pub struct ServeArgs {
     /// Without it nothing is dropped.
     #[arg(long, env = "THINGS_RETENTION", value_parser = parse_duration)]
     pub retention: Option<Duration>,
+    /// Most points one `GET /api/v1/series` answer may hold; larger requests are refused
+    /// with a hint on how to narrow them.
+    #[arg(long, env = "THINGS_MAX_SERIES_POINTS", default_value_t = crate::api::DEFAULT_MAX_SERIES_POINTS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_series_points: u64,
     #[command(flatten)]
     pub kpn: KpnArgs,
     #[command(flatten)]

@@ -50,6 +50,13 @@ pub enum AppError {
     /// A feature that needs configuration the operator has not given.
     #[error("{0}")]
     NotConfigured(&'static str),
+    /// Well-formed but unacceptable input (a rule of the data, or a request too large to answer).
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0} not found")]
+    Missing(String),
+    #[error("too many failed authentication attempts; retry in {0} s")]
+    TooManyAttempts(u64),
 }
 
 impl AppError {
@@ -81,8 +88,20 @@ impl AppError {
             AppError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AppError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
+            AppError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            AppError::Missing(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AppError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
         }
     }
+}
+
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A short machine-readable code, e.g. `bad_parameter`.
+    pub error: String,
+    /// What went wrong and, where possible, how to fix it.
+    pub detail: String,
 }
 
 impl From<sqlx::Error> for AppError {
@@ -90,6 +109,30 @@ impl From<sqlx::Error> for AppError {
     /// should retry, which is exactly what KPN does on a non-2xx answer.
     fn from(error: sqlx::Error) -> Self {
         AppError::Unavailable(error.to_string())
+    }
+}
+
+impl From<crate::admin::AdminError> for AppError {
+    fn from(error: crate::admin::AdminError) -> Self {
+        use crate::admin::AdminError;
+        match error {
+            AdminError::InvalidSecret(e) => AppError::Unprocessable(e.to_string()),
+            AdminError::Invalid(reason) => AppError::Unprocessable(reason),
+            AdminError::NotFound(what) => AppError::Missing(what),
+            AdminError::Conflict(reason) => AppError::Conflict(reason),
+            AdminError::Database(e) => AppError::from(e),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for AppError {
+    /// Unreadable JSON is a bad request; JSON of the wrong shape is unprocessable.
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        use axum::extract::rejection::JsonRejection;
+        match rejection {
+            JsonRejection::JsonDataError(e) => AppError::Unprocessable(e.body_text()),
+            other => AppError::bad_parameter("body", other.body_text()),
+        }
     }
 }
 
@@ -111,6 +154,9 @@ impl IntoResponse for AppError {
             }
             AppError::Unauthenticated => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            AppError::TooManyAttempts(seconds) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
             _ => {}
         }

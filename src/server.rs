@@ -103,6 +103,10 @@ async fn serve_with(
     let spool = Spool::open(&spool_dir, args.spool_max as u64)
         .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
     spool.spawn_replayer(writer.clone(), database.pool.clone(), shutdown.clone());
+    let api = Arc::new(crate::api::ApiState::new(args.max_series_points));
+    api.live
+        .clone()
+        .spawn_listener(database.pool.clone(), shutdown.clone());
     let state = Arc::new(AppState {
         pool: database.pool.clone(),
         secrets: secrets.clone(),
@@ -111,6 +115,8 @@ async fn serve_with(
         max_body: args.max_body,
         metrics: crate::metrics::install(),
         downlinks_enabled: downlink_worker.is_some(),
+        key: key.clone(),
+        api: api.clone(),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
 
@@ -161,6 +167,7 @@ async fn serve_with(
 
     wait_for_signal().await;
     tracing::info!("shutting down: finishing requests in flight");
+    api.live.close();
     handle.graceful_shutdown(Some(GRACE_PERIOD));
     // A second signal forces the exit.
     tokio::select! {

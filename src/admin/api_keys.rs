@@ -20,6 +20,17 @@ pub async fn create(
     if name.is_empty() {
         return Err(AdminError::Invalid("the key name must not be empty".into()));
     }
+    if name.chars().count() > super::MAX_NAME_CHARS {
+        return Err(AdminError::Invalid(format!(
+            "the key name must be at most {} characters",
+            super::MAX_NAME_CHARS
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(AdminError::Invalid(
+            "the key name must not contain control characters".into(),
+        ));
+    }
     let mut parsed: Vec<String> = Vec::new();
     for scope in scopes {
         let scope = Scope::parse(scope).ok_or_else(|| {

@@ -13,7 +13,7 @@ use crate::secrets::{SecretKey, check_secret, generate_secret};
 use crate::store::destinations::{self, DestinationRow, NewDestination};
 
 /// A destination as shown to people: never its secrets.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DestinationInfo {
     pub id: Uuid,
     pub plug: Option<Uuid>,
@@ -48,7 +48,7 @@ impl From<DestinationRow> for DestinationInfo {
 }
 
 /// A destination together with its secret, returned once on creation or rotation.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WithSecret {
     #[serde(flatten)]
     pub destination: DestinationInfo,
@@ -77,6 +77,32 @@ pub async fn add(
             "the destination name must not be empty".into(),
         ));
     }
+    if name.chars().count() > super::MAX_NAME_CHARS {
+        return Err(AdminError::Invalid(format!(
+            "the destination name must be at most {} characters",
+            super::MAX_NAME_CHARS
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(AdminError::Invalid(
+            "the destination name must not contain control characters".into(),
+        ));
+    }
+    let mut required_headers = BTreeMap::new();
+    for (header, value) in request.required_headers {
+        let header = header.trim().to_ascii_lowercase();
+        if header.is_empty() || http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return Err(AdminError::Invalid(format!(
+                "{header:?} is not a valid header name"
+            )));
+        }
+        if http::HeaderValue::from_str(&value).is_err() {
+            return Err(AdminError::Invalid(format!(
+                "the value of {header} is not a valid header value"
+            )));
+        }
+        required_headers.insert(header, value);
+    }
     if !(200..300).contains(&request.response_code) {
         return Err(AdminError::Invalid(
             "the response code must be a 2xx status".into(),
@@ -90,7 +116,7 @@ pub async fn add(
         name: name.clone(),
         secret_sealed: key.seal(secret.as_bytes(), id.as_bytes()),
         response_code: request.response_code,
-        required_headers: request.required_headers,
+        required_headers,
     };
     let row = destinations::insert(pool, &new).await.map_err(|e| {
         conflict_or(e, || {

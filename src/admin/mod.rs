@@ -4,6 +4,9 @@
 pub mod api_keys;
 pub mod destinations;
 
+/// Longest name of a destination or API key.
+pub const MAX_NAME_CHARS: usize = 200;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error(transparent)]

@@ -1,8 +1,9 @@
 //! `Authorization: Bearer KEY` for the dashboard API.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -73,10 +74,22 @@ impl FromRequestParts<Arc<AppState>> for ApiKey {
             })
             .map(str::trim)
             .filter(|k| !k.is_empty())
+            // No key is no guess: it costs nothing and is not counted.
             .ok_or(AppError::Unauthenticated)?;
-        let scopes = crate::store::api_keys::authenticate(&state.pool, &key_hash(key))
-            .await?
-            .ok_or(AppError::Unauthenticated)?;
-        Ok(ApiKey { scopes })
+        let scopes = crate::store::api_keys::authenticate(&state.pool, &key_hash(key)).await?;
+        if let Some(scopes) = scopes {
+            return Ok(ApiKey { scopes });
+        }
+        // A wrong key: counted per client address; past the limit the answer says to wait.
+        let address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(address) = address {
+            let limiter = &state.api.auth_limiter;
+            limiter.check(address).map_err(AppError::TooManyAttempts)?;
+            limiter.failed(address);
+        }
+        Err(AppError::Unauthenticated)
     }
 }

@@ -6,28 +6,42 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::api::auth::{ApiKey, Scope};
+use crate::api::export::{self, ExportRow, Format};
 use crate::api::measurements::Page;
 use crate::api::{cursor, params};
 use crate::app::AppState;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::store::messages::{self, MessageFilter, MessageRow};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// `stored` or `quarantined` (not valid SenML, kept as received).
+    #[param(pattern = "^(stored|quarantined)?$")]
     status: Option<String>,
+    /// Received at or after (RFC 3339).
+    #[param(format = DateTime)]
     from: Option<String>,
+    /// Received before (RFC 3339).
+    #[param(format = DateTime)]
     to: Option<String>,
+    /// Items per page, 1 to 1000 (default 100); ignored by exports.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// One accepted delivery.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Message)]
 pub struct Item {
     id: i64,
     plug: Option<Uuid>,
@@ -58,13 +72,66 @@ impl From<MessageRow> for Item {
     }
 }
 
+impl ExportRow for MessageRow {
+    const CSV_HEADER: &'static str =
+        "id,plug,destination,received_at,device,status,decode_error,record_count,headers";
+
+    fn write_csv(self, out: &mut Vec<u8>) {
+        let item = Item::from(self);
+        let id = item.id.to_string();
+        let plug = item.plug.map(|p| p.to_string());
+        let count = item.record_count.to_string();
+        let headers = serde_json::to_string(&item.headers).unwrap_or_default();
+        export::csv_line(
+            out,
+            &[
+                Some(&id),
+                plug.as_deref(),
+                Some(&item.destination),
+                Some(&item.received_at),
+                item.device.as_deref(),
+                Some(&item.status),
+                item.decode_error.as_deref(),
+                Some(&count),
+                Some(&headers),
+            ],
+        );
+    }
+
+    fn write_json(self, out: &mut Vec<u8>) {
+        // Serializing plain strings and numbers into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, &Item::from(self));
+    }
+}
+
+/// Accepted deliveries, newest first. With `Accept: text/csv` or `Accept: application/x-ndjson`
+/// every matching message is streamed, without pages.
+#[utoipa::path(
+    get, path = "/messages", tag = "messages",
+    params(ListParams),
+    responses(
+        (status = 200, content(
+            (Page<Item> = "application/json"),
+            (String = "text/csv"),
+            (String = "application/x-ndjson"),
+        )),
+        (status = 400, description = "A parameter is invalid", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     key: ApiKey,
+    headers: HeaderMap,
     query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Page<Item>>, AppError> {
+) -> Result<Response, AppError> {
     key.require(Scope::Read)?;
     let Query(q) = query.map_err(|e| AppError::bad_parameter("query", e.body_text()))?;
+    let format = Format::from_headers(&headers);
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some("stored") => Some("stored"),
@@ -84,6 +151,15 @@ pub async fn list(
         after: params::cursor(q.cursor.as_deref())?,
         limit: limit + 1,
     };
+    if format != Format::Json {
+        let query = messages::select(&filter);
+        return Ok(export::stream::<MessageRow>(
+            state.pool.clone(),
+            query,
+            format,
+            "messages",
+        ));
+    }
     let mut rows = messages::list(&state.pool, &filter).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
@@ -94,9 +170,25 @@ pub async fn list(
     Ok(Json(Page {
         items: rows.into_iter().map(Item::from).collect(),
         next_cursor,
-    }))
+    })
+    .into_response())
 }
 
+/// A delivery's body exactly as received.
+#[utoipa::path(
+    get, path = "/messages/{id}/raw", tag = "messages",
+    params(("id" = i64, Path, description = "The message id")),
+    responses(
+        (status = 200, description = "The body bytes", content((String = "application/octet-stream"))),
+        (status = 400, description = "Not a message id", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
+        (status = 404, description = "No such message", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn raw(
     State(state): State<Arc<AppState>>,
     key: ApiKey,

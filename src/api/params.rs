@@ -9,7 +9,6 @@ pub const MAX_LIMIT: i64 = 1000;
 
 pub fn time(name: &'static str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, AppError> {
     value
-        .filter(|v| !v.is_empty())
         .map(|v| {
             DateTime::parse_from_rfc3339(v)
                 .map(|t| t.with_timezone(&Utc))
@@ -21,6 +20,23 @@ pub fn time(name: &'static str, value: Option<&str>) -> Result<Option<DateTime<U
                 })
         })
         .transpose()
+}
+
+/// Longest text parameter accepted (names, URNs, search strings).
+pub const MAX_TEXT: usize = 1000;
+
+/// A text parameter: empty means absent; text PostgreSQL cannot store (NUL) or absurdly long
+/// text is refused here rather than failing in the database.
+pub fn text(name: &'static str, value: Option<String>) -> Result<Option<String>, AppError> {
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) if v.contains('\0') => Err(AppError::bad_parameter(name, "must not contain NUL")),
+        Some(v) if v.len() > MAX_TEXT => Err(AppError::bad_parameter(
+            name,
+            format!("longer than {MAX_TEXT} bytes"),
+        )),
+        Some(v) => Ok(Some(v)),
+    }
 }
 
 pub fn limit(value: Option<&str>) -> Result<i64, AppError> {

@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+/// An API key as shown to people: never the key.
+#[derive(Debug, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ApiKey)]
 pub struct ApiKeyRow {
     pub id: Uuid,
     pub name: String,

@@ -43,6 +43,14 @@ pub async fn list(
     pool: &PgPool,
     filter: &MeasurementFilter,
 ) -> Result<Vec<MeasurementRow>, sqlx::Error> {
+    let mut query = select(filter);
+    query.push(" LIMIT ").push_bind(filter.limit);
+    query.build_query_as().fetch_all(pool).await
+}
+
+/// The query for measurements matching `filter`, ordered by (time, id) descending, without a
+/// limit (an export streams all of it).
+pub fn select(filter: &MeasurementFilter) -> QueryBuilder<Postgres> {
     let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
         "SELECT m.id, d.urn AS device, m.name, m.unit, m.time, m.value, m.string_value, \
                 m.bool_value, m.data_value, m.sum \
@@ -68,8 +76,6 @@ pub async fn list(
             .push_bind(id)
             .push(")");
     }
+    query.push(" ORDER BY m.time DESC, m.id DESC");
     query
-        .push(" ORDER BY m.time DESC, m.id DESC LIMIT ")
-        .push_bind(filter.limit);
-    query.build_query_as().fetch_all(pool).await
 }

@@ -31,6 +31,13 @@ pub struct MessageFilter {
 
 /// Up to `limit` messages matching `filter`, newest first by (received_at, id).
 pub async fn list(pool: &PgPool, filter: &MessageFilter) -> Result<Vec<MessageRow>, sqlx::Error> {
+    let mut query = select(filter);
+    query.push(" LIMIT ").push_bind(filter.limit);
+    query.build_query_as().fetch_all(pool).await
+}
+
+/// The query for messages matching `filter`, newest first, without a limit.
+pub fn select(filter: &MessageFilter) -> QueryBuilder<Postgres> {
     let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
         "SELECT m.id, x.plug, x.name AS destination, m.received_at, d.urn AS device, m.status, \
                 m.decode_error, m.record_count, m.headers \
@@ -54,10 +61,8 @@ pub async fn list(pool: &PgPool, filter: &MessageFilter) -> Result<Vec<MessageRo
             .push_bind(id)
             .push(")");
     }
+    query.push(" ORDER BY m.received_at DESC, m.id DESC");
     query
-        .push(" ORDER BY m.received_at DESC, m.id DESC LIMIT ")
-        .push_bind(filter.limit);
-    query.build_query_as().fetch_all(pool).await
 }
 
 /// The body of a message exactly as it was received.

@@ -7,12 +7,15 @@
 pub mod api_keys;
 pub mod deliveries;
 pub mod destinations;
+pub mod devices;
 pub mod downlinks;
 pub mod embedded;
 pub mod key_check;
+pub mod live;
 pub mod measurements;
 pub mod messages;
 pub mod partitions;
+pub mod series;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -1,0 +1,117 @@
+//! The per-process fan-out of newly stored measurements to live-stream subscribers.
+//!
+//! A statement-level trigger notifies `things_measurements_inserted` once per INSERT into
+//! `measurements` (migration 0004); PostgreSQL delivers it at commit to every listening
+//! process, so a replica streams what another replica stored. Each process listens once,
+//! reads the announced rows once (and only while someone subscribes), and publishes them on a
+//! bounded broadcast channel. Ingestion never waits for any of this: NOTIFY is queued by
+//! PostgreSQL, and a subscriber that falls more than [`CAPACITY`] measurements behind loses
+//! its place in the channel and is disconnected instead of holding anything up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::measurements::Item;
+use crate::store::live::{self, CHANNEL, Inserted};
+
+/// Measurements a subscriber may lag behind before it is dropped.
+pub const CAPACITY: usize = 4096;
+/// Statements announcing more rows than this are not streamed (bulk loads).
+const MAX_ROWS_PER_NOTIFICATION: i64 = 100_000;
+
+/// One newly stored measurement as subscribers see it.
+#[derive(Debug)]
+pub struct LiveMeasurement {
+    pub id: i64,
+    /// The device's normalised URN, for filtering.
+    pub urn_key: String,
+    pub item: Item,
+}
+
+pub struct LiveHub {
+    sender: broadcast::Sender<Arc<LiveMeasurement>>,
+    /// Cancelled when the server shuts down, so open streams end and do not hold it up.
+    closing: CancellationToken,
+}
+
+impl Default for LiveHub {
+    fn default() -> Self {
+        LiveHub {
+            sender: broadcast::channel(CAPACITY).0,
+            closing: CancellationToken::new(),
+        }
+    }
+}
+
+impl LiveHub {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveMeasurement>> {
+        self.sender.subscribe()
+    }
+
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
+    }
+
+    /// Ends every open stream.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Listens for notifications until `shutdown`, publishing what they announce.
+    pub fn spawn_listener(self: Arc<Self>, pool: PgPool, shutdown: CancellationToken) {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    result = self.listen(&pool) => {
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "live stream listener failed; retrying");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+
+    async fn listen(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANNEL).await?;
+        loop {
+            let notification = listener.recv().await?;
+            if self.sender.receiver_count() == 0 {
+                continue;
+            }
+            let Some(inserted) = Inserted::parse(notification.payload()) else {
+                tracing::warn!(
+                    payload = notification.payload(),
+                    "unexpected live notification"
+                );
+                continue;
+            };
+            if inserted.max_id - inserted.min_id >= MAX_ROWS_PER_NOTIFICATION {
+                tracing::info!(
+                    rows = inserted.max_id - inserted.min_id + 1,
+                    "not streaming a bulk insert"
+                );
+                continue;
+            }
+            for row in live::fetch(pool, &inserted).await? {
+                // An error only means nobody subscribes right now.
+                let _ = self.sender.send(Arc::new(LiveMeasurement {
+                    id: row.measurement.id,
+                    urn_key: row.urn_key,
+                    item: Item::from(row.measurement),
+                }));
+            }
+        }
+    }
+}

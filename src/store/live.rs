@@ -1,0 +1,81 @@
+//! Reading back the measurements a notification announced, for the live stream.
+
+use sqlx::PgPool;
+
+use super::measurements::MeasurementRow;
+
+/// The channel the `measurements_inserted` trigger notifies on (migration 0004).
+pub const CHANNEL: &str = "things_measurements_inserted";
+
+/// What one notification announces: the id range of one INSERT statement's rows and, when it
+/// fit in the payload, the messages they belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inserted {
+    pub min_id: i64,
+    pub max_id: i64,
+    pub message_ids: Vec<i64>,
+}
+
+impl Inserted {
+    /// Parses `min,max[,message,...]`; `None` for anything else.
+    pub fn parse(payload: &str) -> Option<Inserted> {
+        let mut numbers = payload.split(',').map(|p| p.trim().parse::<i64>());
+        let min_id = numbers.next()?.ok()?;
+        let max_id = numbers.next()?.ok()?;
+        let message_ids = numbers.collect::<Result<Vec<_>, _>>().ok()?;
+        (min_id <= max_id).then_some(Inserted {
+            min_id,
+            max_id,
+            message_ids,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct LiveRow {
+    pub urn_key: String,
+    #[sqlx(flatten)]
+    pub measurement: MeasurementRow,
+}
+
+/// The rows `inserted` announced, in id order. The id range alone may also cover rows of
+/// other, concurrent statements; the message ids (when present) exclude those.
+pub async fn fetch(pool: &PgPool, inserted: &Inserted) -> Result<Vec<LiveRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT d.urn_key, m.id, d.urn AS device, m.name, m.unit, m.time, m.value, \
+                m.string_value, m.bool_value, m.data_value, m.sum \
+         FROM measurements m JOIN devices d ON d.id = m.device_id \
+         WHERE m.id BETWEEN $1 AND $2 \
+           AND (cardinality($3::int8[]) = 0 OR m.message_id = ANY($3)) \
+         ORDER BY m.id",
+    )
+    .bind(inserted.min_id)
+    .bind(inserted.max_id)
+    .bind(&inserted.message_ids)
+    .fetch_all(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads() {
+        assert_eq!(
+            Inserted::parse("5,9,2,3"),
+            Some(Inserted {
+                min_id: 5,
+                max_id: 9,
+                message_ids: vec![2, 3]
+            })
+        );
+        assert_eq!(
+            Inserted::parse("5,9").unwrap().message_ids,
+            Vec::<i64>::new()
+        );
+        assert_eq!(Inserted::parse("9,5"), None);
+        assert_eq!(Inserted::parse(""), None);
+        assert_eq!(Inserted::parse("5,x"), None);
+    }
+}
