@@ -890,6 +890,10 @@ async fn the_openapi_document_and_docs_page_are_served_offline() {
     let document: Value = serde_json::from_str(&served).unwrap();
     assert_eq!(document["openapi"], "3.1.0");
     assert!(document["paths"]["/series"]["get"].is_object());
+    assert!(document["paths"]["/devices/{urn}/downlinks"]["post"].is_object());
+    assert!(document["paths"]["/downlinks"]["get"].is_object());
+    assert!(document["paths"]["/downlinks/{id}"]["get"].is_object());
+    assert!(document["paths"]["/downlinks/{id}"]["delete"].is_object());
 
     let response = client.get(server.url("/api/docs")).send().await.unwrap();
     assert_eq!(response.status(), 200);

@@ -19,7 +19,7 @@ use crate::app::AppState;
 #[openapi(
     info(
         title = "things-receiver API",
-        description = "Devices, series, measurements, messages, live stream and administration \
+        description = "Devices, series, measurements, messages, live stream, downlinks and administration \
             of a things-receiver. Authenticate with `Authorization: Bearer KEY`; keys have the \
             scopes read, downlink and admin (admin implies the others). Errors are \
             `{\"error\": code, \"detail\": reason}`."
@@ -31,6 +31,7 @@ use crate::app::AppState;
         (name = "series", description = "Time-bucketed values for charts"),
         (name = "measurements", description = "Stored measurements: pages, exports, live stream"),
         (name = "messages", description = "Accepted deliveries as received"),
+        (name = "downlinks", description = "Commands for devices, sent through KPN (scope downlink)"),
         (name = "admin", description = "Destinations and API keys (scope admin)"),
     )
 )]

@@ -8,17 +8,19 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::api::auth::{ApiKey, Scope};
+use crate::api::measurements::Page;
 use crate::api::params;
 use crate::app::AppState;
 use crate::downlink::Status;
-use crate::downlink::outbox::{self, OutboxError};
+use crate::downlink::outbox::{self, OutboxError, Queued};
 use crate::downlink::request::{self, RequestError};
 use crate::downlink::view::DownlinkView;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::kpn::credentials::HOW_TO_CONFIGURE;
 use crate::senml::device_key;
 
@@ -44,7 +46,51 @@ impl From<OutboxError> for AppError {
     }
 }
 
-/// `POST /api/v1/devices/{urn}/downlinks`: 202 with the id and status.
+/// A downlink to queue: `payload_hex` (with `port` for a LoRa device) or SenML `records`.
+// The body is checked by hand (`request::check_json`) so that a broken shape (400) can be told
+// from a value KPN would refuse (422); this type only describes it for the OpenAPI document.
+#[derive(ToSchema)]
+#[schema(as = NewDownlink)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct NewDownlink {
+    /// The LoRa application port, 1 to 223; required for a DEVEUI device.
+    #[schema(minimum = 1, maximum = 223)]
+    port: Option<u16>,
+    /// The payload in hex, 1 to 242 bytes; give this or `records`.
+    #[schema(nullable = false, pattern = "^([0-9A-Fa-f]{2}){1,242}$")]
+    payload_hex: Option<String>,
+    /// 1 to 64 SenML records for the device (`bn`, if given, must name it); give this or
+    /// `payload_hex`.
+    #[schema(nullable = false, value_type = Option<Vec<Object>>, min_items = 1, max_items = 64)]
+    records: Option<Vec<serde_json::Value>>,
+}
+
+/// Queues a downlink for a device; the worker hands it to KPN. A retry with the same
+/// `Idempotency-Key` and request answers the downlink queued first.
+#[utoipa::path(
+    post, path = "/devices/{urn}/downlinks", tag = "downlinks", operation_id = "queue_downlink",
+    params(
+        ("urn" = String, Path, description = "The device URN (any case)"),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "Makes retries safe: a repeat with the same key and request queues nothing new",
+            nullable = false, pattern = "^[!-~]{1,200}$"),
+    ),
+    request_body = NewDownlink,
+    responses(
+        (status = 202, description = "Queued (or queued before under this Idempotency-Key)", body = Queued,
+            headers(("Location" = String, description = "The downlink, e.g. `/api/v1/downlinks/{id}`"))),
+        (status = 400, description = "The body is not a downlink request, or the Idempotency-Key is malformed", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the downlink scope", body = ErrorBody),
+        (status = 404, description = "No data was ever received from this device", body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used for a different downlink", body = ErrorBody),
+        (status = 422, description = "The port, payload or records are not something KPN would send", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications", body = ErrorBody),
+        (status = 503, description = "Downlinks are not configured (`not_configured`), or the database is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn queue(
     State(state): State<Arc<AppState>>,
     key: ApiKey,
@@ -75,7 +121,21 @@ pub async fn queue(
         .into_response())
 }
 
-/// `GET /api/v1/downlinks/{id}`
+/// One downlink.
+#[utoipa::path(
+    get, path = "/downlinks/{id}", tag = "downlinks", operation_id = "get_downlink",
+    params(("id" = Uuid, Path, description = "The downlink id")),
+    responses(
+        (status = 200, body = DownlinkView),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the downlink scope", body = ErrorBody),
+        (status = 404, description = "No such downlink", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn show(
     State(state): State<Arc<AppState>>,
     key: ApiKey,
@@ -86,7 +146,22 @@ pub async fn show(
     Ok(Json(row.into()))
 }
 
-/// `DELETE /api/v1/downlinks/{id}`: the cancelled downlink, or 409 once it has left.
+/// Cancels a downlink that is still queued; answers it as cancelled.
+#[utoipa::path(
+    delete, path = "/downlinks/{id}", tag = "downlinks", operation_id = "cancel_downlink",
+    params(("id" = Uuid, Path, description = "The downlink id")),
+    responses(
+        (status = 200, description = "Cancelled", body = DownlinkView),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the downlink scope", body = ErrorBody),
+        (status = 404, description = "No such downlink", body = ErrorBody),
+        (status = 409, description = "The downlink is no longer queued", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
     key: ApiKey,
@@ -97,26 +172,40 @@ pub async fn cancel(
     Ok(Json(row.into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// The device URN (any case).
     device: Option<String>,
+    /// Only downlinks in this state.
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
+    /// Items per page, 1 to 1000 (default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Page {
-    items: Vec<DownlinkView>,
-    next_cursor: Option<String>,
-}
-
-/// `GET /api/v1/downlinks?device=&status=&limit=&cursor=`: newest first.
+/// Downlinks, newest first.
+#[utoipa::path(
+    get, path = "/downlinks", tag = "downlinks", operation_id = "list_downlinks",
+    params(ListParams),
+    responses(
+        (status = 200, body = Page<DownlinkView>),
+        (status = 400, description = "A parameter is invalid", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the downlink scope", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     key: ApiKey,
     query: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<Page>, AppError> {
+) -> Result<Json<Page<DownlinkView>>, AppError> {
     key.require(Scope::Downlink)?;
     let Query(q) = query.map_err(|e| AppError::bad_parameter("query", e.body_text()))?;
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {

@@ -19,7 +19,7 @@ pub mod stream;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -64,18 +64,14 @@ fn documented() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(admin::remove_destination))
         .routes(routes!(admin::list_api_keys, admin::create_api_key))
         .routes(routes!(admin::revoke_api_key))
+        .routes(routes!(downlinks::queue))
+        .routes(routes!(downlinks::list))
+        .routes(routes!(downlinks::show, downlinks::cancel))
 }
 
 pub fn router() -> Router<Arc<AppState>> {
     let (router, _) = documented().split_for_parts();
-    router
-        .route("/openapi.json", get(docs::openapi_json))
-        .route("/devices/{urn}/downlinks", post(downlinks::queue))
-        .route("/downlinks", get(downlinks::list))
-        .route(
-            "/downlinks/{id}",
-            get(downlinks::show).delete(downlinks::cancel),
-        )
+    router.route("/openapi.json", get(docs::openapi_json))
 }
 
 /// The OpenAPI 3.1 document of this API.

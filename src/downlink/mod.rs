@@ -12,7 +12,8 @@ pub mod view;
 pub mod worker;
 
 /// Where a downlink is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = DownlinkStatus, rename_all = "lowercase")]
 pub enum Status {
     Queued,
     Sending,

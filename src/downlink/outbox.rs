@@ -29,9 +29,12 @@ pub enum OutboxError {
 }
 
 /// The answer to a queue request.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = QueuedDownlink)]
 pub struct Queued {
     pub id: Uuid,
+    /// `queued`, unless an earlier request with the same `Idempotency-Key` queued it already.
+    #[schema(value_type = Status)]
     pub status: String,
     /// False when an earlier request with the same idempotency key queued it.
     #[serde(skip)]

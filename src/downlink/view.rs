@@ -2,43 +2,57 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::Status;
 use crate::api::params::format_time;
 use crate::store::downlinks::DownlinkRow;
 
-#[derive(Debug, Serialize)]
+/// A downlink and where it is in its life.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Downlink)]
 pub struct DownlinkView {
     pub id: Uuid,
+    /// The device URN as first seen.
     pub device: String,
+    /// The LoRa port, when one was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<i16>,
+    /// The payload in lower-case hex, when given as `payload_hex`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_hex: Option<String>,
     /// The SenML pack that is (or was) sent to KPN.
     pub records: Value,
+    #[schema(value_type = Status)]
     pub status: String,
+    /// Attempts to hand it to KPN so far.
     pub attempts: i32,
+    /// When the next attempt is due; present while queued.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<String>,
+    /// Why the last attempt failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The HTTP status of KPN's last answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kpn_status: Option<i16>,
     /// KPN's answer: JSON when it was JSON, else text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kpn_response: Option<Value>,
+    /// The `Idempotency-Key` it was queued with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// When it was accepted by KPN, failed for good or was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
 }
 
 impl From<DownlinkRow> for DownlinkView {
     fn from(row: DownlinkRow) -> Self {
-        let queued = row.status == super::Status::Queued.as_str();
+        let queued = row.status == Status::Queued.as_str();
         DownlinkView {
             id: row.id,
             device: row.device,
