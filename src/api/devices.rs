@@ -111,7 +111,7 @@ pub struct Latest {
 
 /// Devices, in the order they were first seen.
 #[utoipa::path(
-    get, path = "/devices", tag = "devices",
+    get, path = "/devices", tag = "devices", operation_id = "list_devices",
     params(ListParams),
     responses(
         (status = 200, body = DevicePage),
@@ -170,7 +170,7 @@ pub async fn list(
 
 /// One device.
 #[utoipa::path(
-    get, path = "/devices/{urn}", tag = "devices",
+    get, path = "/devices/{urn}", tag = "devices", operation_id = "get_device",
     params(("urn" = String, Path, description = "The device URN (any case)")),
     responses(
         (status = 200, body = Device),

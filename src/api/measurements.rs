@@ -127,7 +127,7 @@ impl ExportRow for MeasurementRow {
 /// Measurements, newest first. With `Accept: text/csv` or `Accept: application/x-ndjson`
 /// every matching measurement is streamed, without pages.
 #[utoipa::path(
-    get, path = "/measurements", tag = "measurements",
+    get, path = "/measurements", tag = "measurements", operation_id = "list_measurements",
     params(ListParams),
     responses(
         (status = 200, content(

@@ -107,7 +107,7 @@ impl ExportRow for MessageRow {
 /// Accepted deliveries, newest first. With `Accept: text/csv` or `Accept: application/x-ndjson`
 /// every matching message is streamed, without pages.
 #[utoipa::path(
-    get, path = "/messages", tag = "messages",
+    get, path = "/messages", tag = "messages", operation_id = "list_messages",
     params(ListParams),
     responses(
         (status = 200, content(
