@@ -67,14 +67,17 @@ impl LiveHub {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     result = self.listen(&pool) => {
-                        if let Err(e) = result {
+                        // At shutdown the pool closes under the listener: not worth a warning.
+                        if let Err(e) = result && !shutdown.is_cancelled() {
                             tracing::warn!(error = %e, "live stream listener failed; retrying");
                         }
                     }
                 }
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }

@@ -258,7 +258,7 @@ impl SecretCache {
                     _ = shutdown.cancelled() => return,
                     result = self.listen() => {
                         self.current.store(false, std::sync::atomic::Ordering::Release);
-                        if let Err(e) = result {
+                        if let Err(e) = result && !shutdown.is_cancelled() {
                             tracing::warn!(error = %e, "destination change listener failed; retrying");
                         }
                     }
