@@ -448,86 +448,66 @@ async fn rotation_keeps_the_old_secret_valid_for_the_overlap_only() {
     let client = client();
     let second = "Second#Secret-0123456789abcdefghij";
     let third = "Third#Secret-0123456789abcdefghijk";
-
-    let before = destinations_version(&client, &server).await;
-    let out = env.cli_ok(&[
-        "destinations",
-        "rotate",
-        &plug.to_string(),
-        "--secret",
-        second,
-        "--overlap",
-        "1h",
-        "--json",
-    ]);
-    assert!(!out.contains(second), "a given secret is not echoed");
-    wait_ready(&client, &server, |j| {
-        j["destinations"]["version"] != before.as_str()
-    })
-    .await;
-
-    let body = |n: u32| {
-        format!(r#"[{{"bn":"urn:dev:DEVEUI:00000000000000AA:","n":"c","v":{n}}}]"#).into_bytes()
+    let send = |secret: &'static str, n: u32| {
+        let body = format!(r#"[{{"bn":"urn:dev:DEVEUI:00000000000000AA:","n":"c","v":{n}}}]"#);
+        let (client, server) = (&client, &server);
+        async move {
+            deliver(client, server, plug, secret, body.as_bytes())
+                .await
+                .status()
+                .as_u16()
+        }
     };
-    assert_eq!(
-        deliver(&client, &server, plug, SECRET, &body(1))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        deliver(&client, &server, plug, second, &body(2))
-            .await
-            .status(),
-        200
-    );
 
-    let before = destinations_version(&client, &server).await;
-    env.cli_ok(&[
-        "destinations",
-        "rotate",
-        "d",
-        "--secret",
-        third,
-        "--overlap",
-        "0s",
-    ]);
-    wait_ready(&client, &server, |j| {
-        j["destinations"]["version"] != before.as_str()
-    })
+    let plug_text = plug.to_string();
+    let out = change_destinations(
+        &env,
+        &client,
+        &server,
+        &[
+            "destinations",
+            "rotate",
+            &plug_text,
+            "--secret",
+            second,
+            "--overlap",
+            "1h",
+            "--json",
+        ],
+    )
     .await;
-    assert_eq!(
-        deliver(&client, &server, plug, second, &body(3))
-            .await
-            .status(),
-        401
-    );
-    assert_eq!(
-        deliver(&client, &server, plug, SECRET, &body(4))
-            .await
-            .status(),
-        401
-    );
-    assert_eq!(
-        deliver(&client, &server, plug, third, &body(5))
-            .await
-            .status(),
-        200
-    );
+    assert!(!out.contains(second), "a given secret is not echoed");
+    assert_eq!(send(SECRET, 1).await, 200);
+    assert_eq!(send(second, 2).await, 200);
+
+    change_destinations(
+        &env,
+        &client,
+        &server,
+        &[
+            "destinations",
+            "rotate",
+            "d",
+            "--secret",
+            third,
+            "--overlap",
+            "0s",
+        ],
+    )
+    .await;
+    assert_eq!(send(second, 3).await, 401);
+    assert_eq!(send(SECRET, 4).await, 401);
+    assert_eq!(send(third, 5).await, 200);
 
     // Removal stops deliveries and keeps what was stored.
-    let before = destinations_version(&client, &server).await;
-    env.cli_ok(&["destinations", "remove", &plug.to_string()]);
-    wait_ready(&client, &server, |j| {
-        j["destinations"]["version"] != before.as_str()
-    })
+    change_destinations(
+        &env,
+        &client,
+        &server,
+        &["destinations", "remove", &plug_text],
+    )
     .await;
-    assert_eq!(
-        deliver(&client, &server, plug, third, &body(6))
-            .await
-            .status(),
-        401
-    );
+    assert_eq!(send(third, 6).await, 401);
     let mut db = connect(&env.database_url).await;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
         .fetch_one(&mut db)

@@ -384,6 +384,23 @@ pub async fn destinations_version(client: &reqwest::Client, server: &Server) -> 
         .to_owned()
 }
 
+/// Runs a CLI command that changes destinations and waits until the running server has
+/// reloaded them (its cache version changes); returns the command's stdout.
+pub async fn change_destinations(
+    env: &Env,
+    client: &reqwest::Client,
+    server: &Server,
+    args: &[&str],
+) -> String {
+    let before = destinations_version(client, server).await;
+    let out = env.cli_ok(args);
+    wait_ready(client, server, |j| {
+        j["destinations"]["version"] != before.as_str()
+    })
+    .await;
+    out
+}
+
 /// The bytes of a fixture pack, exactly as KPN would send it.
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
