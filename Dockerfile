@@ -1,9 +1,8 @@
 # Build stage: compile the release binary.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY migrations ./migrations
+# Everything the manifest names (library, binary, tests and benches), minus .dockerignore.
+COPY . .
 RUN cargo build --release --locked && strip target/release/things-receiver
 
 # Runtime stage: a small Debian with the binary, running as an unprivileged user.
