@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::load::{Log, records_in, send_all, tokens};
 use common::*;
+use nix::sys::signal::Signal;
 use sqlx::postgres::PgConnection;
 use things_receiver::store::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
@@ -90,28 +91,38 @@ async fn retry_until_acked(
     acked
 }
 
-#[tokio::test]
-async fn sigkill_mid_load_loses_no_acknowledged_delivery() {
-    let env = Env::new().await;
-    let plug = env.add_destination("d", &[]);
-    let server = env.serve(&[]);
-    let client = client();
+/// Sends every delivery, signalling the server once a third of them are acknowledged.
+async fn load_then_signal(
+    client: &reqwest::Client,
+    server: &Server,
+    plug: uuid::Uuid,
+    signal: Signal,
+) -> Log {
     let pid = nix::unistd::Pid::from_raw(server.pid());
-
-    let log = send_all(
-        &client,
-        &server.url("/ingest/kpn"),
+    let url = server.url("/ingest/kpn");
+    send_all(
+        client,
+        &url,
         plug,
         SECRET,
         (0..DELIVERIES).collect(),
         CONCURRENCY,
         |acks| {
             if acks == DELIVERIES / 3 {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(pid, signal);
             }
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn sigkill_mid_load_loses_no_acknowledged_delivery() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve(&[]);
+    let client = client();
+    let log = load_then_signal(&client, &server, plug, Signal::SIGKILL).await;
     drop(server);
     assert!(!log.lost.is_empty(), "the kill happened mid-load");
     let acked_before_kill = log.acked.clone();
@@ -229,22 +240,7 @@ async fn sigterm_mid_load_finishes_what_it_acknowledged_and_exits_cleanly() {
     let plug = env.add_destination("d", &[]);
     let server = env.serve(&[]);
     let client = client();
-    let pid = nix::unistd::Pid::from_raw(server.pid());
-
-    let log = send_all(
-        &client,
-        &server.url("/ingest/kpn"),
-        plug,
-        SECRET,
-        (0..DELIVERIES).collect(),
-        CONCURRENCY,
-        |acks| {
-            if acks == DELIVERIES / 3 {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            }
-        },
-    )
-    .await;
+    let log = load_then_signal(&client, &server, plug, Signal::SIGTERM).await;
     assert!(
         server.wait_exit().await.success(),
         "a clean exit after SIGTERM"
