@@ -34,8 +34,9 @@ pub enum AppError {
     Unauthenticated,
     #[error("this API key lacks the {0} scope")]
     Forbidden(&'static str),
+    /// What was not found, e.g. `message` or `device "urn:dev:..."`.
     #[error("{0} not found")]
-    NotFound(&'static str),
+    NotFound(std::borrow::Cow<'static, str>),
     /// Too many requests in flight: shed load at once instead of queueing without bound.
     #[error("the server is busy; retry later")]
     Overloaded,
@@ -53,8 +54,6 @@ pub enum AppError {
     /// Well-formed but unacceptable input (a rule of the data, or a request too large to answer).
     #[error("{0}")]
     Unprocessable(String),
-    #[error("{0} not found")]
-    Missing(String),
     #[error("too many failed authentication attempts; retry in {0} s")]
     TooManyAttempts(u64),
 }
@@ -89,7 +88,6 @@ impl AppError {
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AppError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             AppError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
-            AppError::Missing(_) => (StatusCode::NOT_FOUND, "not_found"),
             AppError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
         }
     }
@@ -118,7 +116,7 @@ impl From<crate::admin::AdminError> for AppError {
         match error {
             AdminError::InvalidSecret(e) => AppError::Unprocessable(e.to_string()),
             AdminError::Invalid(reason) => AppError::Unprocessable(reason),
-            AdminError::NotFound(what) => AppError::Missing(what),
+            AdminError::NotFound(what) => AppError::NotFound(what.into()),
             AdminError::Conflict(reason) => AppError::Conflict(reason),
             AdminError::Database(e) => AppError::from(e),
         }

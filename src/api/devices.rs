@@ -226,7 +226,7 @@ pub async fn find(state: &AppState, urn: &str) -> Result<DeviceRow, AppError> {
     let urn = params::text("urn", Some(urn.to_owned()))?.unwrap_or_default();
     devices::find(&state.pool, &device_key(&urn))
         .await?
-        .ok_or_else(|| AppError::Missing(format!("device {urn:?}")))
+        .ok_or_else(|| AppError::NotFound(format!("device {urn:?}").into()))
 }
 
 fn encode_cursor(id: i64) -> String {

@@ -36,8 +36,8 @@ impl From<OutboxError> for AppError {
                 name: field,
                 reason,
             },
-            OutboxError::UnknownDevice(_) => AppError::NotFound("device"),
-            OutboxError::NotFound(_) => AppError::NotFound("downlink"),
+            OutboxError::UnknownDevice(_) => AppError::NotFound("device".into()),
+            OutboxError::NotFound(_) => AppError::NotFound("downlink".into()),
             e @ (OutboxError::IdempotencyConflict | OutboxError::NotCancellable { .. }) => {
                 AppError::Conflict(e.to_string())
             }

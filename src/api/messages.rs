@@ -200,6 +200,6 @@ pub async fn raw(
         .map_err(|_| AppError::bad_parameter("id", "expected a message id"))?;
     let body = messages::raw_body(&state.pool, id)
         .await?
-        .ok_or(AppError::NotFound("message"))?;
+        .ok_or(AppError::NotFound("message".into()))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
