@@ -264,6 +264,12 @@ pub struct LimitArgs {
     #[arg(long, env = "THINGS_MAX_CONNECTIONS_PER_IP", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_ip: u32,
+    /// Database connections of the separate pool that CSV/NDJSON exports and the live
+    /// stream's listener use (one of them is the listener's), so that they never take the
+    /// connections ingestion needs. An export finding it full is answered 503.
+    #[arg(long, env = "THINGS_DB_STREAM_POOL", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    pub db_stream_pool: u32,
     /// Offer only HTTP/1.1 (ALPN offers h2 and http/1.1 by default).
     #[arg(long, env = "THINGS_NO_HTTP2")]
     pub no_http2: bool,

@@ -53,6 +53,7 @@ pub async fn run(db_args: &DbArgs, args: &ServeArgs) -> anyhow::Result<()> {
     let settings = PoolSettings {
         max_connections: args.db_pool,
         acquire_timeout: args.db_timeout,
+        stream_connections: args.limits.db_stream_pool,
     };
     let database = Database::open(db_args, &settings).await?;
     let result = serve_with(&database, key, tls_setup, db_args, args).await;
@@ -103,10 +104,13 @@ async fn serve_with(
     let spool = Spool::open(&spool_dir, args.spool_max as u64)
         .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
     spool.spawn_replayer(writer.clone(), database.pool.clone(), shutdown.clone());
-    let api = Arc::new(crate::api::ApiState::new(args.max_series_points));
+    let api = Arc::new(crate::api::ApiState::new(
+        args.max_series_points,
+        database.stream_pool.clone(),
+    ));
     api.live
         .clone()
-        .spawn_listener(database.pool.clone(), shutdown.clone());
+        .spawn_listener(database.stream_pool.clone(), shutdown.clone());
     let state = Arc::new(AppState {
         pool: database.pool.clone(),
         secrets: secrets.clone(),
