@@ -77,6 +77,41 @@ async fn a_body_sent_too_slowly_is_answered_408_and_frees_its_slot() {
 }
 
 #[tokio::test]
+async fn an_http2_body_sent_too_slowly_is_answered_408_and_the_connection_goes_on() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve(&["--request-timeout", "1s", "--idle-timeout", "60s"]);
+    let mut h2 = h2_connect(&server).await;
+    let request = axum::http::Request::post(server.url("/ingest/kpn"))
+        .header("things-plug-uuid", plug.to_string())
+        .header("things-message-token", "0".repeat(64))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let mut send = h2.send.clone().ready().await.unwrap();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    let start = Instant::now();
+    tokio::pin!(response);
+    // One byte every 100 ms, never the end of the body.
+    let response = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no answer to a trickled body after 10 s"
+        );
+        tokio::select! {
+            response = &mut response => break response.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                let _ = body.send_data(bytes::Bytes::from_static(b" "), false);
+            }
+        }
+    };
+    assert_eq!(response.status(), 408);
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    // The other streams of the connection are not affected.
+    assert_eq!(h2.get(&server, "/healthz", &[]).await.status(), 200);
+}
+
+#[tokio::test]
 async fn http2_pings_do_not_keep_an_idle_connection_open() {
     let env = Env::new().await;
     let server = env.serve(&["--idle-timeout", "1s", "--header-read-timeout", "60s"]);
