@@ -56,8 +56,16 @@ impl Activity {
             return None;
         }
         let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        Some(self.epoch + last + timeout)
+        Some(later(later(self.epoch, last), timeout))
     }
+}
+
+/// `at + by`, or a time decades away when a configured duration is too large to add.
+fn later(at: Instant, by: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    at.checked_add(by)
+        .or_else(|| at.checked_add(FAR))
+        .unwrap_or(at)
 }
 
 /// Keeps its connection busy while it lives.
@@ -98,6 +106,7 @@ impl<I> Guarded<I> {
             _slots: slots,
             activity,
             idle_timeout,
+            // `sleep` saturates a too-large duration by itself.
             timer: Box::pin(tokio::time::sleep(idle_timeout)),
         }
     }
@@ -120,7 +129,7 @@ impl<I> Guarded<I> {
                     ));
                 }
                 Some(deadline) => deadline,
-                None => now + self.idle_timeout,
+                None => later(now, self.idle_timeout),
             };
             self.timer.as_mut().reset(deadline);
         }
@@ -180,5 +189,33 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn busy_connections_have_no_deadline_and_idle_ones_count_from_the_last_change() {
+        let activity = Activity::new();
+        let timeout = Duration::from_secs(60);
+        let start = Instant::now();
+        let busy = activity.busy();
+        assert_eq!(activity.idle_deadline(timeout), None);
+        let second = activity.busy();
+        drop(busy);
+        assert_eq!(activity.idle_deadline(timeout), None);
+        drop(second);
+        let deadline = activity.idle_deadline(timeout).unwrap();
+        assert!(deadline >= start + timeout - Duration::from_millis(1));
+        assert!(deadline <= Instant::now() + timeout);
+    }
+
+    #[test]
+    fn an_absurd_timeout_does_not_overflow() {
+        let activity = Activity::new();
+        assert!(activity.idle_deadline(Duration::MAX).is_some());
+        assert!(later(Instant::now(), Duration::MAX) > Instant::now());
     }
 }
