@@ -102,9 +102,12 @@ async fn an_export_whose_client_stops_reading_is_cut_and_frees_its_connection() 
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
     let key = env.api_key("reader", "read");
-    // The stream pool holds the live listener and one export.
+    // The stream pool holds the live listener and one export. The request deadline is far
+    // shorter than the final export takes to read: it bounds receiving requests, not answers.
     let server = env.serve(&[
         "--idle-timeout",
+        "1s",
+        "--request-timeout",
         "1s",
         "--db-stream-pool",
         "2",
