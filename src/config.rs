@@ -244,14 +244,32 @@ pub struct LimitArgs {
     /// for the first request on any connection).
     #[arg(long, env = "THINGS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
-    /// A connection on which no byte moves in either direction for this long is closed
-    /// (idle keep-alive connections, stalled uploads, clients that stop reading).
+    /// Time a client has to send a whole request, head and body, once the head has arrived
+    /// (408 beyond, and HTTP/1.1 closes the connection). Long answers (exports, the live
+    /// stream) are not bounded by it.
+    #[arg(long, env = "THINGS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// A connection with no request in flight, or whose answers all wait for the client to
+    /// read them, is closed after this long (idle keep-alive connections, HTTP/2 connections
+    /// kept open with PINGs only, clients that stop reading an export).
     #[arg(long, env = "THINGS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// Open connections at most; connections beyond are closed at once.
     #[arg(long, env = "THINGS_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Open connections from one client address at most; more are closed at once. Behind a
+    /// proxy (--plain-http) every connection comes from the proxy: raise it to
+    /// --max-connections there.
+    #[arg(long, env = "THINGS_MAX_CONNECTIONS_PER_IP", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
+    /// Database connections of the separate pool that CSV/NDJSON exports and the live
+    /// stream's listener use (one of them is the listener's), so that they never take the
+    /// connections ingestion needs. An export finding it full is answered 503.
+    #[arg(long, env = "THINGS_DB_STREAM_POOL", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    pub db_stream_pool: u32,
     /// Offer only HTTP/1.1 (ALPN offers h2 and http/1.1 by default).
     #[arg(long, env = "THINGS_NO_HTTP2")]
     pub no_http2: bool,

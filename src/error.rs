@@ -56,6 +56,9 @@ pub enum AppError {
     Unprocessable(String),
     #[error("too many failed authentication attempts; retry in {0} s")]
     TooManyAttempts(u64),
+    /// The client did not send its whole request within `--request-timeout`.
+    #[error("the request was not received in time")]
+    RequestTimeout,
 }
 
 impl AppError {
@@ -89,6 +92,7 @@ impl AppError {
             AppError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             AppError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             AppError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+            AppError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{AppState, router};
 use crate::config::{DbArgs, LimitArgs, ServeArgs};
-use crate::hardening::{GuardAcceptor, LimitReached};
+use crate::hardening::{ConnectionLimits, GuardAcceptor, LimitReached};
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::secret_cache::SecretCache;
 use crate::ingest::writer::{Writer, WriterConfig};
@@ -53,6 +53,7 @@ pub async fn run(db_args: &DbArgs, args: &ServeArgs) -> anyhow::Result<()> {
     let settings = PoolSettings {
         max_connections: args.db_pool,
         acquire_timeout: args.db_timeout,
+        stream_connections: args.limits.db_stream_pool,
     };
     let database = Database::open(db_args, &settings).await?;
     let result = serve_with(&database, key, tls_setup, db_args, args).await;
@@ -103,10 +104,13 @@ async fn serve_with(
     let spool = Spool::open(&spool_dir, args.spool_max as u64)
         .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
     spool.spawn_replayer(writer.clone(), database.pool.clone(), shutdown.clone());
-    let api = Arc::new(crate::api::ApiState::new(args.max_series_points));
+    let api = Arc::new(crate::api::ApiState::new(
+        args.max_series_points,
+        database.stream_pool.clone(),
+    ));
     api.live
         .clone()
-        .spawn_listener(database.pool.clone(), shutdown.clone());
+        .spawn_listener(database.stream_pool.clone(), shutdown.clone());
     let state = Arc::new(AppState {
         pool: database.pool.clone(),
         secrets: secrets.clone(),
@@ -126,7 +130,12 @@ async fn serve_with(
         let listen = args.listen;
         let limits = args.limits.clone();
         async move {
-            let guard = GuardAcceptor::new(limits.max_connections as usize, limits.idle_timeout);
+            let guard = GuardAcceptor::new(ConnectionLimits {
+                max_connections: limits.max_connections as usize,
+                max_connections_per_ip: limits.max_connections_per_ip as usize,
+                idle_timeout: limits.idle_timeout,
+                request_timeout: limits.request_timeout,
+            });
             match rustls_config {
                 Some(config) => {
                     let acceptor = tls::acme::ChallengeCloser(
@@ -210,7 +219,28 @@ fn spawn_maintenance(pool: sqlx::PgPool, retention: Option<Duration>, shutdown: 
     });
 }
 
-/// Applies the HTTP-level limits; the connection-level ones are in the acceptors.
+/// Streams one HTTP/2 connection may have open at once; more are refused (REFUSED_STREAM)
+/// and well-behaved clients queue them. KPN delivers over few connections with few
+/// requests each; 32 leaves room for dashboards.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 32;
+/// Request body bytes a client may send on one stream before the handler reads them.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// Request body bytes a client may send on the whole connection before handlers read them:
+/// what unread uploads can cost per connection, however many streams it opens.
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Largest decoded header block (HTTP/1.1 has the same order of limit, hyper's default).
+const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Response bytes buffered per stream ahead of the client's window.
+const H2_MAX_SEND_BUFFER: usize = 128 * 1024;
+/// How often a quiet HTTP/2 connection is probed with a PING, and how long the answer may
+/// take: finds dead peers under a live stream. PINGs (ours or the client's) are not
+/// activity for `--idle-timeout`.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Applies the HTTP-level limits; the connection-level ones are in the acceptors. Memory per
+/// HTTP/2 connection stays bounded by the figures above: at most 1 MiB of unread request
+/// bodies, 32 streams, 128 KiB of queued answer per stream, 16 KiB of headers per request.
 fn harden<A>(
     mut server: axum_server::Server<SocketAddr, A>,
     limits: &LimitArgs,
@@ -219,10 +249,21 @@ fn harden<A>(
         .http_builder()
         .http1()
         .header_read_timeout(limits.header_read_timeout);
+    server
+        .http_builder()
+        .http2()
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .adaptive_window(false)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .max_send_buf_size(H2_MAX_SEND_BUFFER)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let server = server
         .first_request_timeout(limits.header_read_timeout)
         .accept_error_handler(|peer, error| {
-            // Refusals over --max-connections are counted and logged by the acceptor.
+            // Refusals over the connection caps are counted and logged by the acceptor.
             if !error.get_ref().is_some_and(|e| e.is::<LimitReached>()) {
                 tracing::debug!(?peer, %error, "connection failed before its first request");
             }

@@ -8,6 +8,12 @@
 //! and PostgreSQL's socket buffer fills in turn: memory stays bounded whatever the size of the
 //! export. When the client goes away the task ends at its next send. A database error in the
 //! middle aborts the response, so a cut-short export never looks complete.
+//!
+//! The task holds its database connection for as long as the client takes to read, so it
+//! comes from the separate stream pool, never from the one ingestion uses; it is taken before
+//! answering, so a full stream pool is a 503, not a broken body. A client that stops reading
+//! is cut by the connection's idle timer (`hardening`), which drops the body and so ends the
+//! task and frees the connection.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -17,6 +23,8 @@ use futures_util::TryStreamExt;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgPool, Postgres, QueryBuilder};
 use tokio::sync::mpsc;
+
+use crate::error::AppError;
 
 const CHUNK: usize = 64 * 1024;
 const DEPTH: usize = 4;
@@ -70,13 +78,14 @@ pub trait ExportRow: for<'r> FromRow<'r, PgRow> + Send + Unpin + 'static {
     fn write_json(self, out: &mut Vec<u8>);
 }
 
-/// Streams every row of `query` in `format` (CSV or NDJSON).
-pub fn stream<R: ExportRow>(
-    pool: PgPool,
+/// Streams every row of `query` in `format` (CSV or NDJSON), read through `pool`.
+pub async fn stream<R: ExportRow>(
+    pool: &PgPool,
     mut query: QueryBuilder<Postgres>,
     format: Format,
     filename: &str,
-) -> Response {
+) -> Result<Response, AppError> {
+    let mut connection = pool.acquire().await?;
     let (sender, mut receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(DEPTH);
     tokio::spawn(async move {
         let mut buffer = Vec::with_capacity(CHUNK + 1024);
@@ -84,7 +93,7 @@ pub fn stream<R: ExportRow>(
             buffer.extend_from_slice(R::CSV_HEADER.as_bytes());
             buffer.push(b'\n');
         }
-        let mut rows = query.build_query_as::<R>().fetch(&pool);
+        let mut rows = query.build_query_as::<R>().fetch(&mut *connection);
         loop {
             match rows.try_next().await {
                 Ok(Some(row)) => {
@@ -135,7 +144,7 @@ pub fn stream<R: ExportRow>(
     if let Ok(value) = HeaderValue::from_str(&disposition) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
-    response
+    Ok(response)
 }
 
 /// Appends one CSV field (RFC 4180: quoted when it holds a comma, quote or line break).

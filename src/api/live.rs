@@ -62,7 +62,9 @@ impl LiveHub {
         self.closing.cancel();
     }
 
-    /// Listens for notifications until `shutdown`, publishing what they announce.
+    /// Listens for notifications until `shutdown`, publishing what they announce. `pool` is
+    /// the stream pool: the listener holds one of its connections for ever, which must not be
+    /// one ingestion could use.
     pub fn spawn_listener(self: Arc<Self>, pool: PgPool, shutdown: CancellationToken) {
         tokio::spawn(async move {
             loop {

@@ -171,12 +171,13 @@ pub async fn list(
     }
     if format != Format::Json {
         let query = measurements::select(&filter);
-        return Ok(export::stream::<MeasurementRow>(
-            state.pool.clone(),
+        return export::stream::<MeasurementRow>(
+            &state.api.stream_pool,
             query,
             format,
             "measurements",
-        ));
+        )
+        .await;
     }
     let mut rows = measurements::list(&state.pool, &filter).await?;
     let next_cursor = if rows.len() as i64 > limit {

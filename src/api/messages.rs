@@ -153,12 +153,8 @@ pub async fn list(
     };
     if format != Format::Json {
         let query = messages::select(&filter);
-        return Ok(export::stream::<MessageRow>(
-            state.pool.clone(),
-            query,
-            format,
-            "messages",
-        ));
+        return export::stream::<MessageRow>(&state.api.stream_pool, query, format, "messages")
+            .await;
     }
     let mut rows = messages::list(&state.pool, &filter).await?;
     let next_cursor = if rows.len() as i64 > limit {

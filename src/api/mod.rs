@@ -35,11 +35,14 @@ pub struct ApiState {
     pub auth_limiter: auth_limit::AuthLimiter,
     /// Most points one `/series` answer may hold.
     pub max_series_points: u64,
+    /// The pool exports read from (`store::Database::stream_pool`), apart from ingestion's.
+    pub stream_pool: sqlx::PgPool,
 }
 
 impl ApiState {
-    pub fn new(max_series_points: u64) -> ApiState {
+    pub fn new(max_series_points: u64, stream_pool: sqlx::PgPool) -> ApiState {
         ApiState {
+            stream_pool,
             live: Arc::new(live::LiveHub::default()),
             auth_limiter: auth_limit::AuthLimiter::default(),
             max_series_points: max_series_points.max(1),

@@ -49,11 +49,13 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// How a process wants its pool.
+/// How a process wants its pools.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// Size of [`Database::stream_pool`].
+    pub stream_connections: u32,
 }
 
 impl Default for PoolSettings {
@@ -61,6 +63,7 @@ impl Default for PoolSettings {
         PoolSettings {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
+            stream_connections: 2,
         }
     }
 }
@@ -68,6 +71,11 @@ impl Default for PoolSettings {
 /// An open, migrated database, and the embedded cluster behind it if we started one.
 pub struct Database {
     pub pool: PgPool,
+    /// For work whose length the client decides: CSV/NDJSON exports (held while the client
+    /// reads) and the live stream's listener (held for ever). Separate from `pool`, so that
+    /// however many of them run, ingestion and the API keep their connections. Connects
+    /// lazily: the CLI never opens it.
+    pub stream_pool: PgPool,
     embedded: Option<EmbeddedPostgres>,
     description: String,
 }
@@ -106,12 +114,17 @@ impl Database {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(StoreError::Connect)?;
         MIGRATOR.run(&pool).await?;
+        let stream_pool = PgPoolOptions::new()
+            .max_connections(settings.stream_connections.max(1))
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options);
         Ok(Database {
             pool,
+            stream_pool,
             embedded,
             description,
         })
@@ -128,6 +141,7 @@ impl Database {
 
     /// Closes the pool and stops the embedded cluster if this process started it.
     pub async fn close(self) {
+        self.stream_pool.close().await;
         self.pool.close().await;
         if let Some(pg) = self.embedded
             && let Err(e) = pg.stop().await
