@@ -223,3 +223,32 @@ async fn secrets_are_encrypted_at_rest_and_validated() {
     let listed = env.cli_ok(&["destinations", "list", "--json"]);
     assert!(!listed.contains(SECRET) && !listed.contains(&secret));
 }
+
+#[tokio::test]
+async fn a_key_file_readable_by_others_is_warned_about() {
+    let env = Env::new().await;
+    env.cli_ok(&["destinations", "list"]);
+    let key_file = env.data_dir.path().join("secret.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "created private"
+    );
+    let quiet = env.cli(&["destinations", "list"]);
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("chmod 600"));
+
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.cli(&["destinations", "list"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("can be read by group or others: chmod 600"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(key.trim()),
+        "the key itself is never logged"
+    );
+}
