@@ -255,3 +255,65 @@ async fn sigterm_mid_load_finishes_what_it_acknowledged_and_exits_cleanly() {
     acked.sort_unstable();
     assert_stored_once(&mut db, &acked).await;
 }
+
+#[tokio::test]
+async fn a_spooled_delivery_the_database_always_refuses_is_quarantined_and_replay_goes_on() {
+    use things_receiver::spool::{QUARANTINE_DIR, Spool};
+    use things_receiver::store::deliveries::RawDelivery;
+    use things_receiver::token::Token;
+
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let mut db = connect(&env.database_url).await;
+    let destination: uuid::Uuid = sqlx::query_scalar("SELECT id FROM destinations WHERE plug = $1")
+        .bind(plug)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let delivery = |destination_id: uuid::Uuid, i: usize| {
+        let body = common::load::unique_pack(i);
+        RawDelivery {
+            destination_id,
+            bind_plug: None,
+            token: Token::sign(&body, SECRET.as_bytes()),
+            received_at: chrono::Utc::now(),
+            body: body.into(),
+            headers: Default::default(),
+        }
+    };
+    // What an earlier run left: first a delivery for a destination this database does not
+    // have (it can never be stored, not even raw), then, in later segments, good ones.
+    let spool_dir = env.data_dir.path().join("spool");
+    let spool = Spool::open(&spool_dir, 1 << 30).unwrap();
+    spool
+        .append(&delivery(uuid::Uuid::new_v4(), 0))
+        .await
+        .unwrap();
+    spool.append(&delivery(destination, 1)).await.unwrap();
+    drop(spool);
+    let spool = Spool::open(&spool_dir, 1 << 30).unwrap();
+    for i in 2..6 {
+        spool.append(&delivery(destination, i)).await.unwrap();
+    }
+    drop(spool);
+
+    let server = env.serve(&[]);
+    let client = client();
+    wait_ready(&client, &server, |j| j["spool"]["deliveries"] == 0).await;
+    assert_stored_once(&mut db, &[1, 2, 3, 4, 5]).await;
+    let quarantined: Vec<_> = std::fs::read_dir(spool_dir.join(QUARANTINE_DIR))
+        .unwrap()
+        .collect();
+    assert_eq!(quarantined.len(), 1, "the refused delivery is kept, raw");
+    let segments = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "spool")
+        })
+        .count();
+    assert_eq!(segments, 0, "every segment was replayed and deleted");
+}
