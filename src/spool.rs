@@ -74,6 +74,9 @@ struct Shared {
     replayed: AtomicU64,
     /// Set while appends fail (a full or broken disk), cleared by the next fsync that works.
     failing: AtomicBool,
+    /// Size of the last record refused for want of room: the spool counts as full until
+    /// that much is free again.
+    refused_len: AtomicU64,
 }
 
 impl Spool {
@@ -97,6 +100,7 @@ impl Spool {
             records: AtomicU64::new(records),
             replayed: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            refused_len: AtomicU64::new(0),
         });
         if records > 0 {
             tracing::warn!(
@@ -136,8 +140,9 @@ impl Spool {
     /// under `--spool-max`, and the last write reached the disk. For `/readyz`: a replica
     /// whose database is down still stores deliveries while this holds.
     pub fn accepting(&self) -> bool {
+        let room_needed = self.shared.refused_len.load(Ordering::Relaxed).max(1);
         !self.commands.is_closed()
-            && self.shared.bytes.load(Ordering::Relaxed) < self.shared.max_bytes
+            && self.shared.bytes.load(Ordering::Relaxed) + room_needed <= self.shared.max_bytes
             && !self.shared.failing.load(Ordering::Relaxed)
     }
 
@@ -403,6 +408,7 @@ impl AppendState {
                 Command::Append { record, reply } => {
                     let len = record.len() as u64;
                     if self.shared.bytes.load(Ordering::Relaxed) + len > self.shared.max_bytes {
+                        self.shared.refused_len.store(len, Ordering::Relaxed);
                         let _ = reply.send(Err(SpoolError::Full(self.shared.max_bytes)));
                         continue;
                     }
@@ -765,6 +771,7 @@ mod tests {
             records: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            refused_len: AtomicU64::new(0),
         });
         let fs = fs.clone();
         AppendState {

@@ -30,6 +30,7 @@ mod error;
 mod launch;
 mod pid_file;
 mod spawner;
+mod supervisor;
 
 pub use error::EmbeddedError;
 pub use launch::EmbeddedOptions;
@@ -38,6 +39,7 @@ use cluster_dir::*;
 use launch::*;
 use pid_file::*;
 use spawner::*;
+use supervisor::*;
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -86,8 +88,8 @@ const START_ATTEMPTS: usize = 3;
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
     dir: PathBuf,
-    /// `Some` while we own a postmaster that has not been stopped.
-    postmaster: Option<Postmaster>,
+    /// `Some` while we own a postmaster that has not been stopped: the thread that holds it.
+    supervisor: Option<Supervisor>,
     owned: bool,
 }
 
@@ -95,56 +97,37 @@ impl EmbeddedPostgres {
     /// Initialises the cluster in `dir` if it has none (initdb), then starts a server on a
     /// Unix socket inside `dir`, or attaches to a server that is already running there
     /// (another process of ours, e.g. a CLI command while `serve` runs).
+    ///
+    /// A server started here is supervised for as long as this value lives: if it dies, it
+    /// is reaped and started again (see `supervisor`).
     pub async fn start(dir: &Path, options: &EmbeddedOptions) -> Result<Self, EmbeddedError> {
         let bindir = find_bindir().await?;
         let user = service_user()?;
         let dir = prepare_dir(dir, user.as_ref())?;
-
-        // Held until the server is ready (or we attached), so that a concurrent start in
-        // another process waits and then attaches instead of racing us.
-        let _lock = lock_dir(&dir).await?;
-        ensure_cluster(&bindir, &dir, user.as_ref(), options).await?;
-
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match inspect_pid_file(&dir)? {
-                Existing::None => {}
-                Existing::Running(pid) => match wait_for_foreign(&bindir, &dir, pid).await? {
-                    Foreign::Ready => {
-                        tracing::debug!(dir = %dir.display(), pid = pid.as_raw(),
-                            "attached to the PostgreSQL server already running there");
-                        return Ok(Self {
-                            dir,
-                            postmaster: None,
-                            owned: false,
-                        });
-                    }
-                    // It shut down while we watched; look again from scratch.
-                    Foreign::Gone if attempt < START_ATTEMPTS => continue,
-                    Foreign::Gone => {}
-                },
-                Existing::Stale { pid, reason } => remove_stale_lock_files(&dir, pid, reason)?,
+        let cluster = Cluster {
+            bindir,
+            dir: dir.clone(),
+            user,
+            options: options.clone(),
+        };
+        match cluster.start_or_attach().await? {
+            Some(postmaster) => {
+                tracing::info!(dir = %dir.display(), pid = postmaster.pid().as_raw(),
+                    "started PostgreSQL");
+                let supervisor = Supervisor::spawn(cluster, postmaster).map_err(
+                    EmbeddedError::io("could not start the PostgreSQL supervisor thread"),
+                )?;
+                Ok(Self {
+                    dir,
+                    supervisor: Some(supervisor),
+                    owned: true,
+                })
             }
-
-            match launch(&bindir, &dir, user.as_ref(), options).await? {
-                Launch::Started(postmaster) => {
-                    tracing::info!(dir = %dir.display(), pid = postmaster.pid().as_raw(),
-                        "started PostgreSQL");
-                    return Ok(Self {
-                        dir,
-                        postmaster: Some(postmaster),
-                        owned: true,
-                    });
-                }
-                // Someone outside our lock started a server between our look and our
-                // start; PostgreSQL's own lock file turned us away. Go attach to it.
-                Launch::LockConflict(_) if attempt < START_ATTEMPTS => {
-                    tracing::info!(dir = %dir.display(),
-                        "another PostgreSQL server took the data directory first; attaching");
-                }
-                Launch::LockConflict(error) => return Err(error),
-            }
+            None => Ok(Self {
+                dir,
+                supervisor: None,
+                owned: false,
+            }),
         }
     }
 
@@ -174,12 +157,12 @@ impl EmbeddedPostgres {
     /// Waits up to 60 s for the fast shutdown, then escalates to SIGQUIT (immediate shutdown,
     /// which makes the next start run crash recovery) rather than hang forever.
     pub async fn stop(mut self) -> Result<(), EmbeddedError> {
-        let Some(postmaster) = self.postmaster.take() else {
+        let Some(supervisor) = self.supervisor.take() else {
             return Ok(());
         };
-        let pid = postmaster.pid();
-        postmaster.shutdown().await?;
-        tracing::info!(dir = %self.dir.display(), pid = pid.as_raw(), "stopped PostgreSQL");
+        if let Some(pid) = supervisor.stop().await? {
+            tracing::info!(dir = %self.dir.display(), pid = pid.as_raw(), "stopped PostgreSQL");
+        }
         Ok(())
     }
 }
@@ -189,10 +172,10 @@ impl Drop for EmbeddedPostgres {
     /// cannot be async, and blocking a runtime thread for seconds would stall other tasks.
     /// Prefer `stop()`, which waits and reports errors.
     fn drop(&mut self) {
-        if let Some(postmaster) = self.postmaster.take() {
+        if let Some(supervisor) = self.supervisor.take() {
             tracing::debug!(dir = %self.dir.display(),
                 "EmbeddedPostgres dropped without stop(); asking PostgreSQL to shut down");
-            drop(postmaster);
+            drop(supervisor);
         }
     }
 }
@@ -328,6 +311,45 @@ mod tests {
         assert_eq!(psql(&pg, "select x from t").await, "42");
         assert!(psql(&pg, "\\dt").await.contains("|t|table|"));
         pg.stop().await.expect("stop again");
+    }
+
+    #[tokio::test]
+    async fn a_killed_postmaster_is_reaped_and_started_again() {
+        let tmp = scratch();
+        let dir = tmp.path().join("pg");
+        let pg = EmbeddedPostgres::start(&dir, &FAST).await.expect("start");
+        psql(&pg, "create table t (x int); insert into t values (7)").await;
+        // The test cluster runs with synchronous_commit=off: make the row crash-safe.
+        psql(&pg, "checkpoint").await;
+        let killed = postmaster_pid(&dir);
+        kill(killed, Signal::SIGKILL).expect("SIGKILL the postmaster");
+        let started = Instant::now();
+        // Reaped: not even a zombie is left holding the pid.
+        assert!(
+            eventually(Duration::from_secs(2), || {
+                !Path::new(&format!("/proc/{killed}")).exists()
+            })
+            .await,
+            "the dead postmaster {killed} was not reaped within 2 s"
+        );
+        assert!(
+            eventually(Duration::from_secs(60), || {
+                dir.join("postmaster.pid").exists() && postmaster_pid(&dir) != killed
+            })
+            .await,
+            "no new postmaster"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready(&pg).await {
+            assert!(Instant::now() < deadline, "PostgreSQL did not come back");
+            sleep(POLL_INTERVAL).await;
+        }
+        eprintln!("PostgreSQL back after {:?}", started.elapsed());
+        assert_eq!(psql(&pg, "select x from t").await, "7");
+        let again = postmaster_pid(&dir);
+        pg.stop().await.expect("stop");
+        assert!(!process_alive(again), "stop() stops the restarted server");
+        assert!(!dir.join("postmaster.pid").exists());
     }
 
     #[tokio::test]
