@@ -252,3 +252,74 @@ async fn a_key_file_readable_by_others_is_warned_about() {
         "the key itself is never logged"
     );
 }
+
+/// Removes a relocated cluster's home when the test ends, however it ends.
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[tokio::test]
+async fn as_root_in_a_private_home_the_quick_start_works_without_loosening_it() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: only root runs PostgreSQL as another user (postgres)");
+        return;
+    }
+    // Like `git clone` into /root or a Debian home: a 0700 directory above the clone.
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let clone = home.join("things-receiver");
+    std::fs::create_dir(&clone).unwrap();
+    let location_file = clone.join("data/pg.location");
+    let mut cleanup = RemoveOnDrop(None);
+
+    let mut cmd = bin(&clone);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+    let server = Server::start(cmd);
+    let location = std::fs::read_to_string(&location_file).expect("pg.location written");
+    let cluster = Path::new(location.trim()).to_owned();
+    cleanup.0 = cluster.parent().map(Path::to_owned);
+    assert!(
+        cluster.join("PG_VERSION").is_file(),
+        "{}",
+        cluster.display()
+    );
+    assert!(
+        server
+            .banner
+            .contains(&format!("cluster:     {}", cluster.display())),
+        "the banner says where the cluster lives:\n{}",
+        server.banner
+    );
+    assert!(server.banner.contains("pg.location"), "{}", server.banner);
+
+    // The CLI finds the same cluster: the running server sees the destination it adds.
+    let plug = uuid::Uuid::new_v4().to_string();
+    run_ok(bin(&clone).args([
+        "destinations",
+        "add",
+        "--name",
+        "home",
+        "--plug",
+        &plug,
+        "--secret",
+        SECRET,
+    ]));
+    let client = client();
+    wait_ready(&client, &server, |j| j["destinations"]["bound"] == 1).await;
+    assert!(server.stop().await.success());
+
+    // And later runs find it too, without the server.
+    let listed = run_ok(bin(&clone).args(["destinations", "list"]));
+    assert!(listed.contains(&plug), "{listed}");
+    let mode = std::fs::metadata(&home).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the home directory was left as it was");
+}

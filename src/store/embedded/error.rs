@@ -99,6 +99,12 @@ pub enum EmbeddedError {
     )]
     StopTimeout(i32),
 
+    #[error(
+        "{0} does not name an absolute directory: write the cluster's path into it, or \
+         remove it if the cluster is in DATA_DIR/pg"
+    )]
+    BadLocation(PathBuf),
+
     #[error("{context}: {source}")]
     Io {
         context: String,

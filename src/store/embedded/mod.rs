@@ -28,12 +28,14 @@
 mod cluster_dir;
 mod error;
 mod launch;
+mod location;
 mod pid_file;
 mod spawner;
 mod supervisor;
 
 pub use error::EmbeddedError;
 pub use launch::EmbeddedOptions;
+pub use location::{ClusterLocation, LOCATION_FILE, cluster_location};
 
 use cluster_dir::*;
 use launch::*;
