@@ -259,10 +259,11 @@ async fn replay_one(writer: &Writer, raw: &RawDelivery) -> Result<(), WriteError
 
 impl Spool {
     /// A record that failed in its chunk is tried once more on its own. If that fails too
-    /// while the database answers, the database will never take it (the writer already fell
-    /// back to storing it raw as quarantined): it is moved to `quarantine/` byte for byte, so
-    /// that it no longer holds up its segment and every one after it. While the database
-    /// does not answer, the replay pauses instead and the segment stays.
+    /// while the database answers (checked, then tried a last time), the database will never
+    /// take it (the writer already fell back to storing it raw as quarantined): it is moved
+    /// to `quarantine/` byte for byte, so that it no longer holds up its segment and every
+    /// one after it. While the database does not answer, the replay pauses instead and the
+    /// segment stays.
     async fn retry_or_quarantine(
         &self,
         writer: &Writer,
@@ -278,6 +279,13 @@ impl Spool {
         if let Err(down) = sqlx::query("SELECT 1").execute(pool).await {
             return Err(WriteError::Unavailable(down));
         }
+        // Once more now that the database is known to answer, so that a connection lost
+        // during the retry cannot send a good delivery to the quarantine.
+        let error = match replay_one(writer, raw).await {
+            Ok(()) => return Ok(()),
+            Err(e @ (WriteError::Overloaded | WriteError::Closed)) => return Err(e),
+            Err(_) => error,
+        };
         let path = quarantine_record(&self.shared.dir, at, &frame(&encode(raw)))
             .map_err(|e| WriteError::Unavailable(e.into()))?;
         metrics::counter!("things_spool_quarantined_records_total").increment(1);
