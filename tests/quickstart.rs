@@ -292,6 +292,17 @@ async fn as_root_in_a_private_home_the_quick_start_works_without_loosening_it() 
         "{}",
         cluster.display()
     );
+    // The cluster's own folder: private to postgres.
+    let home_of_cluster = std::fs::metadata(cluster.parent().unwrap()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(home_of_cluster.mode() & 0o777, 0o700);
+    if let Some(postgres) = nix::unistd::User::from_name("postgres").unwrap() {
+        assert_eq!(
+            home_of_cluster.uid(),
+            postgres.uid.as_raw(),
+            "owned by postgres"
+        );
+    }
     assert!(
         server
             .banner
