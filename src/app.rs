@@ -61,10 +61,13 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready to take deliveries: the database answers and every migration is applied.
+/// Ready to take deliveries: the database answers and every migration is applied, or the
+/// database is unreachable but the spool still takes deliveries ("degraded: spooling", still
+/// 200: a load balancer must not pull a replica that still stores).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let (bound, pending, version) = state.secrets.stats();
     let database = crate::store::migrations_applied(&state.pool).await;
+    let spooling = database.is_err() && state.pipeline.spool().accepting();
     let (status, database) = match database {
         Ok(true) => (StatusCode::OK, "ok".to_owned()),
         Ok(false) => (
@@ -75,7 +78,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     };
     let (spooled, spool_bytes) = state.pipeline.spool().depth();
     let body = serde_json::json!({
-        "status": if status == StatusCode::OK { "ready" } else { "not ready" },
+        "status": match (status, spooling) {
+            (StatusCode::OK, _) => "ready",
+            (_, true) => "degraded: spooling",
+            _ => "not ready",
+        },
         "database": database,
         "destinations": {
             "bound": bound,
@@ -85,5 +92,6 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         },
         "spool": { "deliveries": spooled, "bytes": spool_bytes },
     });
+    let status = if spooling { StatusCode::OK } else { status };
     (status, axum::Json(body)).into_response()
 }

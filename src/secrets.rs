@@ -71,7 +71,10 @@ impl SecretKey {
         }
         let origin = file.display().to_string();
         match std::fs::read_to_string(file) {
-            Ok(text) => Self::from_base64(&text, origin),
+            Ok(text) => {
+                warn_if_exposed(file);
+                Self::from_base64(&text, origin)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let mut key = [0u8; 32];
                 rand::rng().fill(&mut key);
@@ -161,7 +164,23 @@ impl SecretKey {
     }
 }
 
-/// Writes a file readable by its owner only, refusing to overwrite an existing one.
+/// Warns when group or others may read the key file: whoever reads it can open every stored
+/// secret and forge deliveries. A warning, not a refusal, because secret mounts (Kubernetes'
+/// default mode is 0644) are often readable only inside a container of one user anyway.
+fn warn_if_exposed(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(file) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o044 != 0 {
+        tracing::warn!(path = %file.display(), mode = format!("{mode:04o}"),
+            "the secret key file can be read by group or others: chmod 600 it");
+    }
+}
+
+/// Writes a file readable by its owner only, refusing to overwrite an existing one; the file
+/// and its directory entry are fsynced, so a key that sealed secrets is never lost to a crash.
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -174,7 +193,12 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     file.write_all(contents)?;
-    file.sync_all()
+    file.sync_all()?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)?.sync_all()
 }
 
 /// Why a user-supplied shared secret was refused.

@@ -415,9 +415,17 @@ fn print_banner(
             "  tls:         none (--plain-http: run behind a TLS-terminating proxy only)".to_owned(),
         ),
     }
-    if database.is_embedded() {
+    if let Some(cluster) = database.cluster() {
+        if cluster.relocated {
+            lines.push(format!(
+                "  cluster:     {} (the postgres user cannot reach {data_dir}; recorded in {data_dir}/{})",
+                cluster.dir.display(),
+                crate::store::embedded::LOCATION_FILE
+            ));
+        }
         lines.push(format!(
-            "  DEV ONLY: embedded PostgreSQL under {data_dir}; set DATABASE_URL for production"
+            "  DEV ONLY: embedded PostgreSQL in {}; set DATABASE_URL for production",
+            cluster.dir.display()
         ));
     }
     lines.push(String::new());

@@ -194,6 +194,13 @@ async fn stopping_postgres_mid_load_loses_nothing_after_replay() {
         .as_u64()
         .unwrap();
     assert!(spooled > 0, "deliveries during the outage were spooled");
+    // The replica still stores deliveries, so a load balancer must keep it.
+    let (status, json) = status_json(client.get(server.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, &json["status"]),
+        (200, &"degraded: spooling".into()),
+        "{json}"
+    );
 
     let pg = EmbeddedPostgres::start(dir.path(), &options).await.unwrap();
     let acked = retry_until_acked(&client, &server, plug, log).await;
@@ -254,4 +261,302 @@ async fn sigterm_mid_load_finishes_what_it_acknowledged_and_exits_cleanly() {
     let mut acked = log.acked.clone();
     acked.sort_unstable();
     assert_stored_once(&mut db, &acked).await;
+}
+
+#[tokio::test]
+async fn a_spooled_delivery_the_database_always_refuses_is_quarantined_and_replay_goes_on() {
+    use things_receiver::spool::{QUARANTINE_DIR, Spool};
+    use things_receiver::store::deliveries::RawDelivery;
+    use things_receiver::token::Token;
+
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let mut db = connect(&env.database_url).await;
+    let destination: uuid::Uuid = sqlx::query_scalar("SELECT id FROM destinations WHERE plug = $1")
+        .bind(plug)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let delivery = |destination_id: uuid::Uuid, i: usize| {
+        let body = common::load::unique_pack(i);
+        RawDelivery {
+            destination_id,
+            bind_plug: None,
+            token: Token::sign(&body, SECRET.as_bytes()),
+            received_at: chrono::Utc::now(),
+            body: body.into(),
+            headers: Default::default(),
+        }
+    };
+    // What an earlier run left: first a delivery for a destination this database does not
+    // have (it can never be stored, not even raw), then, in later segments, good ones.
+    let spool_dir = env.data_dir.path().join("spool");
+    let spool = Spool::open(&spool_dir, 1 << 30).unwrap();
+    spool
+        .append(&delivery(uuid::Uuid::new_v4(), 0))
+        .await
+        .unwrap();
+    spool.append(&delivery(destination, 1)).await.unwrap();
+    drop(spool);
+    let spool = Spool::open(&spool_dir, 1 << 30).unwrap();
+    for i in 2..6 {
+        spool.append(&delivery(destination, i)).await.unwrap();
+    }
+    drop(spool);
+
+    let server = env.serve(&[]);
+    let client = client();
+    wait_ready(&client, &server, |j| j["spool"]["deliveries"] == 0).await;
+    assert_stored_once(&mut db, &[1, 2, 3, 4, 5]).await;
+    let quarantined: Vec<_> = std::fs::read_dir(spool_dir.join(QUARANTINE_DIR))
+        .unwrap()
+        .collect();
+    assert_eq!(quarantined.len(), 1, "the refused delivery is kept, raw");
+    let segments = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "spool")
+        })
+        .count();
+    assert_eq!(segments, 0, "every segment was replayed and deleted");
+}
+
+/// The embedded cluster's postmaster, as `serve` started it in `data_dir`.
+fn embedded_postmaster(data_dir: &std::path::Path) -> Option<nix::unistd::Pid> {
+    let text = std::fs::read_to_string(data_dir.join("pg/postmaster.pid")).ok()?;
+    let pid = text.lines().next()?.trim().parse().ok()?;
+    Some(nix::unistd::Pid::from_raw(pid))
+}
+
+/// Polls `/readyz` until `check` holds for its status and JSON; fails after `within`.
+async fn readyz_until(
+    client: &reqwest::Client,
+    server: &Server,
+    within: Duration,
+    check: impl Fn(u16, &serde_json::Value) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (status, json) =
+            status_json(client.get(server.url("/readyz")).send().await.unwrap()).await;
+        if check(status, &json) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "/readyz never got there: {status} {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn database_ok(status: u16, json: &serde_json::Value) -> bool {
+    status == 200 && json["database"] == "ok"
+}
+
+#[tokio::test]
+async fn a_killed_embedded_postmaster_is_restarted_and_nothing_acknowledged_is_lost() {
+    let data = tempfile::tempdir().unwrap();
+    let command = || {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("THINGS_LOG", "info,sqlx=warn")
+            .arg("--data-dir")
+            .arg(data.path());
+        cmd
+    };
+    let mut serve = command();
+    serve.args(["serve", "--listen", "127.0.0.1:0", "--db-timeout", "1s"]);
+    serve.args(["--spool-after", "500ms"]);
+    let server = Server::start(serve);
+    let plug = uuid::Uuid::new_v4().to_string();
+    let added = command()
+        .args([
+            "destinations",
+            "add",
+            "--name",
+            "d",
+            "--plug",
+            &plug,
+            "--secret",
+            SECRET,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let plug: uuid::Uuid = plug.parse().unwrap();
+    let client = client();
+    wait_ready(&client, &server, |j| j["destinations"]["bound"] == 1).await;
+
+    // Kill the postmaster once a third is acknowledged, holding the cluster directory's start
+    // lock for a while so that the outage is long enough to look at.
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let outage = {
+        let client = client.clone();
+        let pg_dir = std::fs::canonicalize(data.path().join("pg")).unwrap();
+        let readyz_url = server.url("/readyz");
+        let data_dir = data.path().to_owned();
+        tokio::spawn(async move {
+            kill_rx.await.unwrap();
+            let lock = nix::fcntl::Flock::lock(
+                std::fs::File::open(&pg_dir).unwrap(),
+                nix::fcntl::FlockArg::LockExclusive,
+            )
+            .unwrap();
+            let postmaster = embedded_postmaster(&data_dir).unwrap();
+            nix::sys::signal::kill(postmaster, Signal::SIGKILL).unwrap();
+            let killed = Instant::now();
+            let proc = format!("/proc/{postmaster}");
+            while std::path::Path::new(&proc).exists() {
+                assert!(
+                    killed.elapsed() < Duration::from_secs(2),
+                    "not reaped within 2 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let reaped = killed.elapsed();
+            // While the database is down the spool takes deliveries, and /readyz says so.
+            loop {
+                let response = client.get(&readyz_url).send().await.unwrap();
+                let (status, json) = status_json(response).await;
+                if status == 200
+                    && json["status"] == "degraded: spooling"
+                    && json["spool"]["deliveries"].as_u64().unwrap() > 0
+                {
+                    break;
+                }
+                assert!(
+                    killed.elapsed() < Duration::from_secs(30),
+                    "{status} {json}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            drop(lock);
+            (reaped, Instant::now())
+        })
+    };
+    let kill_tx = std::sync::Mutex::new(Some(kill_tx));
+    let log = send_all(
+        &client,
+        &server.url("/ingest/kpn"),
+        plug,
+        SECRET,
+        (0..DELIVERIES).collect(),
+        CONCURRENCY,
+        |acks| {
+            if acks == DELIVERIES / 3
+                && let Some(tx) = kill_tx.lock().unwrap().take()
+            {
+                let _ = tx.send(());
+            }
+        },
+    )
+    .await;
+    let (reaped, released) = outage.await.unwrap();
+    readyz_until(&client, &server, Duration::from_secs(60), database_ok).await;
+    eprintln!(
+        "postmaster reaped {reaped:?} after SIGKILL; database back {:?} after the start lock was released",
+        released.elapsed()
+    );
+
+    // A second kill, this time nothing in the way: time from SIGKILL to a ready database.
+    let first = embedded_postmaster(data.path()).unwrap();
+    nix::sys::signal::kill(first, Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    readyz_until(&client, &server, Duration::from_secs(60), |s, j| {
+        database_ok(s, j) && embedded_postmaster(data.path()).is_some_and(|p| p != first)
+    })
+    .await;
+    eprintln!(
+        "database back {:?} after SIGKILL of its postmaster",
+        killed.elapsed()
+    );
+
+    let acked = retry_until_acked(&client, &server, plug, log).await;
+    assert_eq!(acked.len(), DELIVERIES);
+    wait_ready(&client, &server, |j| j["spool"]["deliveries"] == 0).await;
+    let pg_dir = std::fs::canonicalize(data.path().join("pg")).unwrap();
+    let url = format!(
+        "postgres://postgres@localhost:5432/things?host={}",
+        pg_dir.display()
+    );
+    let mut db = connect(&url).await;
+    assert_stored_once(&mut db, &acked).await;
+    drop(db);
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn readyz_is_503_only_when_neither_database_nor_spool_can_take_a_delivery() {
+    let dir = tempfile::Builder::new()
+        .prefix("things-ready-pg")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let options = EmbeddedOptions { durable: false };
+    let pg = EmbeddedPostgres::start(dir.path(), &options).await.unwrap();
+    let url = format!(
+        "postgres://{}@localhost:{}/postgres?host={}",
+        pg.user(),
+        pg.port(),
+        pg.socket_dir().display()
+    );
+    let env = Env {
+        data_dir: tempfile::tempdir().unwrap(),
+        database_url: url,
+        database_name: "postgres".into(),
+    };
+    let plug = env.add_destination("d", &[]);
+    // Room for a few deliveries only.
+    let server = env.serve(&[
+        "--db-timeout",
+        "1s",
+        "--spool-after",
+        "300ms",
+        "--spool-max",
+        "2KiB",
+    ]);
+    let client = client();
+    readyz_until(&client, &server, Duration::from_secs(10), database_ok).await;
+    pg.stop().await.unwrap();
+    readyz_until(&client, &server, Duration::from_secs(10), |s, j| {
+        s == 200 && j["status"] == "degraded: spooling"
+    })
+    .await;
+
+    let mut refused = false;
+    for i in 0..50 {
+        let body = common::load::unique_pack(i);
+        let status = deliver(&client, &server, plug, SECRET, &body)
+            .await
+            .status();
+        if status == 503 {
+            refused = true;
+            break;
+        }
+        assert_eq!(status, 200, "spooled");
+    }
+    assert!(refused, "the small spool filled up");
+    let (status, json) = status_json(client.get(server.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, &json["status"]),
+        (503, &"not ready".into()),
+        "{json}"
+    );
+
+    let pg = EmbeddedPostgres::start(dir.path(), &options).await.unwrap();
+    readyz_until(&client, &server, Duration::from_secs(30), |s, j| {
+        database_ok(s, j) && j["spool"]["deliveries"] == 0
+    })
+    .await;
+    drop(server);
+    pg.stop().await.unwrap();
 }

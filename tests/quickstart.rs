@@ -223,3 +223,114 @@ async fn secrets_are_encrypted_at_rest_and_validated() {
     let listed = env.cli_ok(&["destinations", "list", "--json"]);
     assert!(!listed.contains(SECRET) && !listed.contains(&secret));
 }
+
+#[tokio::test]
+async fn a_key_file_readable_by_others_is_warned_about() {
+    let env = Env::new().await;
+    env.cli_ok(&["destinations", "list"]);
+    let key_file = env.data_dir.path().join("secret.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "created private"
+    );
+    let quiet = env.cli(&["destinations", "list"]);
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("chmod 600"));
+
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.cli(&["destinations", "list"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("can be read by group or others: chmod 600"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(key.trim()),
+        "the key itself is never logged"
+    );
+}
+
+/// Removes a relocated cluster's home when the test ends, however it ends.
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[tokio::test]
+async fn as_root_in_a_private_home_the_quick_start_works_without_loosening_it() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: only root runs PostgreSQL as another user (postgres)");
+        return;
+    }
+    // Like `git clone` into /root or a Debian home: a 0700 directory above the clone.
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let clone = home.join("things-receiver");
+    std::fs::create_dir(&clone).unwrap();
+    let location_file = clone.join("data/pg.location");
+    let mut cleanup = RemoveOnDrop(None);
+
+    let mut cmd = bin(&clone);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+    let server = Server::start(cmd);
+    let location = std::fs::read_to_string(&location_file).expect("pg.location written");
+    let cluster = Path::new(location.trim()).to_owned();
+    cleanup.0 = cluster.parent().map(Path::to_owned);
+    assert!(
+        cluster.join("PG_VERSION").is_file(),
+        "{}",
+        cluster.display()
+    );
+    // The cluster's own folder: private to postgres.
+    let home_of_cluster = std::fs::metadata(cluster.parent().unwrap()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(home_of_cluster.mode() & 0o777, 0o700);
+    if let Some(postgres) = nix::unistd::User::from_name("postgres").unwrap() {
+        assert_eq!(
+            home_of_cluster.uid(),
+            postgres.uid.as_raw(),
+            "owned by postgres"
+        );
+    }
+    assert!(
+        server
+            .banner
+            .contains(&format!("cluster:     {}", cluster.display())),
+        "the banner says where the cluster lives:\n{}",
+        server.banner
+    );
+    assert!(server.banner.contains("pg.location"), "{}", server.banner);
+
+    // The CLI finds the same cluster: the running server sees the destination it adds.
+    let plug = uuid::Uuid::new_v4().to_string();
+    run_ok(bin(&clone).args([
+        "destinations",
+        "add",
+        "--name",
+        "home",
+        "--plug",
+        &plug,
+        "--secret",
+        SECRET,
+    ]));
+    let client = client();
+    wait_ready(&client, &server, |j| j["destinations"]["bound"] == 1).await;
+    assert!(server.stop().await.success());
+
+    // And later runs find it too, without the server.
+    let listed = run_ok(bin(&clone).args(["destinations", "list"]));
+    assert!(listed.contains(&plug), "{listed}");
+    let mode = std::fs::metadata(&home).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the home directory was left as it was");
+}

@@ -77,14 +77,18 @@ pub struct Database {
     /// lazily: the CLI never opens it.
     pub stream_pool: PgPool,
     embedded: Option<EmbeddedPostgres>,
+    /// Where the embedded cluster lives, when there is one.
+    cluster: Option<embedded::ClusterLocation>,
     description: String,
 }
 
 impl Database {
-    /// Connects as configured: `--database-url` if given, else the embedded cluster under
-    /// `DATA_DIR/pg` (started here, or attached to if another process of ours runs it).
+    /// Connects as configured: `--database-url` if given, else the embedded cluster of the
+    /// data directory, in `DATA_DIR/pg` or where `DATA_DIR/pg.location` says (started here, or
+    /// attached to if another process of ours runs it).
     /// Applies pending migrations either way.
     pub async fn open(args: &DbArgs, settings: &PoolSettings) -> Result<Database, StoreError> {
+        let mut cluster = None;
         let (options, embedded, description) = match &args.database_url {
             Some(url) => {
                 let options = PgConnectOptions::from_str(url).map_err(StoreError::Url)?;
@@ -98,9 +102,11 @@ impl Database {
             }
             None => {
                 let data_dir = absolute_data_dir(&args.data_dir)?;
-                let cluster_dir = data_dir.join("pg");
+                let location = embedded::cluster_location(&data_dir)?;
+                let cluster_dir = location.dir.clone();
                 let pg = EmbeddedPostgres::start(&cluster_dir, &EmbeddedOptions { durable: true })
                     .await?;
+                cluster = Some(location);
                 let base = PgConnectOptions::new()
                     .socket(pg.socket_dir())
                     .port(pg.port())
@@ -126,6 +132,7 @@ impl Database {
             pool,
             stream_pool,
             embedded,
+            cluster,
             description,
         })
     }
@@ -137,6 +144,11 @@ impl Database {
 
     pub fn is_embedded(&self) -> bool {
         self.embedded.is_some()
+    }
+
+    /// The embedded cluster's location, for the banner.
+    pub fn cluster(&self) -> Option<&embedded::ClusterLocation> {
+        self.cluster.as_ref()
     }
 
     /// Closes the pool and stops the embedded cluster if this process started it.
