@@ -136,6 +136,25 @@ pub(crate) fn call_metrics(call: &'static str, started: Instant, status: Option<
     metrics::counter!("things_kpn_errors_total", "call" => call, "kind" => kind).increment(1);
 }
 
+/// At most `max` bytes of an answer's body, as text (invalid UTF-8 replaced), and whether
+/// that was the whole body. The rest is not read: a server that sends without end costs at
+/// most `max` bytes of memory and the time of the configured timeout.
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<(String, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = max - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((String::from_utf8_lossy(&body).into_owned(), false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((String::from_utf8_lossy(&body).into_owned(), true))
+}
+
 /// At most `max` characters of `text`, for error details.
 pub(crate) fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
