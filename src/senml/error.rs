@@ -129,6 +129,14 @@ pub enum SenmlError {
         /// Zero-based index of the record in the pack.
         record: usize,
     },
+
+    /// The resolved time is a timestamp, but outside years 0001 to 9999: RFC 3339 cannot
+    /// write it, so it could be stored yet never served.
+    #[error("record {record}: time is outside the years 0001 to 9999")]
+    TimeNotStorable {
+        /// Zero-based index of the record in the pack.
+        record: usize,
+    },
 }
 
 #[cfg(test)]
