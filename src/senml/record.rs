@@ -57,7 +57,7 @@ impl Record {
                 "n" => out.n = Some(string(record, "n", value)?),
                 "u" => out.u = Some(string(record, "u", value)?),
                 "v" => out.v = Some(number(record, "v", &value)?),
-                "vs" => out.vs = Some(string(record, "vs", value)?),
+                "vs" => out.vs = Some(text(record, "vs", value)?),
                 "vb" => out.vb = Some(boolean(record, "vb", &value)?),
                 "vd" => out.vd = Some(string(record, "vd", value)?),
                 "s" => out.s = Some(number(record, "s", &value)?),
@@ -97,10 +97,19 @@ impl Record {
     }
 }
 
+/// A name, unit or base64 field: U+0000 is refused (no name may hold it, RFC 8428 §4.5.1,
+/// and a unit or base64 text with it is no unit or data).
 fn string(record: usize, field: &'static str, value: Json) -> Result<String, SenmlError> {
+    match text(record, field, value)? {
+        s if s.contains('\0') => Err(SenmlError::NulCharacter { record, field }),
+        s => Ok(s),
+    }
+}
+
+/// A string value (`vs`): any JSON string, U+0000 included (RFC 8428 puts no limit on it;
+/// the store escapes it, see `store::stored_text`).
+fn text(record: usize, field: &'static str, value: Json) -> Result<String, SenmlError> {
     match value {
-        // JSON can carry U+0000 ("\u0000"), PostgreSQL text cannot: such a pack is kept raw.
-        Json::String(s) if s.contains('\0') => Err(SenmlError::NulCharacter { record, field }),
         Json::String(s) => Ok(s),
         _ => Err(SenmlError::WrongType {
             record,

@@ -855,6 +855,20 @@ mod tests {
     }
 
     #[test]
+    fn string_values_may_hold_nul_names_and_units_may_not() {
+        let resolved = ok(r#"[{"bn":"d","n":"s","vs":"a\u0000b"}]"#);
+        assert_eq!(resolved[0].value, Some(text("a\u{0}b")));
+        assert_eq!(
+            err(r#"[{"bn":"d","n":"s\u0000","vs":"x"}]"#),
+            "record 0: field \"n\" contains a NUL character"
+        );
+        assert_eq!(
+            err(r#"[{"bn":"d","n":"s","u":"\u0000","v":1}]"#),
+            "record 0: field \"u\" contains a NUL character"
+        );
+    }
+
+    #[test]
     fn numbers_parse_to_the_nearest_double() {
         // Literals of 15 to 19 significant digits, spread over many magnitudes; without
         // serde_json's float_roundtrip about one in five comes out one ulp off.
