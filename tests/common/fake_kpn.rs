@@ -42,6 +42,8 @@ pub enum Fail {
     Slow(Duration),
     /// Answers 200 with a body that never ends.
     Endless,
+    /// Answers 200 with a body holding a raw NUL byte.
+    NulByte,
 }
 
 /// One downlink call that passed the checks.
@@ -443,6 +445,10 @@ async fn downlink(
             ),
             Some(Fail::Slow(delay)) => (ok_answer(&external_reference), delay),
             Some(Fail::Endless) => (endless_answer(&external_reference), Duration::ZERO),
+            Some(Fail::NulByte) => (
+                (StatusCode::OK, b"queued\0 ok".to_vec()).into_response(),
+                Duration::ZERO,
+            ),
         };
         inner.calls.push(Call {
             external_reference,
