@@ -28,6 +28,8 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Whether KPN credentials are configured, so that downlinks can be sent.
     pub downlinks_enabled: bool,
+    /// The downlink worker's state (restarts, last failure), when downlinks are enabled.
+    pub downlink_worker: Option<Arc<crate::downlink::supervisor::WorkerHealth>>,
     /// Seals the secrets of destinations created or rotated through the admin API.
     pub key: crate::secrets::SecretKey,
     /// The dashboard API's own state: live stream, limits, failed-authentication limiter.
@@ -91,6 +93,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "current": state.secrets.is_current(),
         },
         "spool": { "deliveries": spooled, "bytes": spool_bytes },
+        "downlink_worker": state.downlink_worker.as_ref().map(|w| w.report()),
     });
     let status = if spooling { StatusCode::OK } else { status };
     (status, axum::Json(body)).into_response()

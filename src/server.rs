@@ -119,6 +119,7 @@ async fn serve_with(
         max_body: args.max_body,
         metrics: crate::metrics::install(),
         downlinks_enabled: downlink_worker.is_some(),
+        downlink_worker: downlink_worker.as_ref().map(|w| w.health.clone()),
         key: key.clone(),
         api: api.clone(),
     });
@@ -190,7 +191,7 @@ async fn serve_with(
     shutdown.cancel();
     if let Some(worker) = downlink_worker {
         // It settles the downlinks it holds (each call is bounded by --kpn-timeout).
-        let _ = worker.await;
+        let _ = worker.task.await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -982,3 +982,75 @@ async fn a_subscriber_that_stops_reading_is_dropped_and_ingestion_goes_on() {
         "the slow subscriber was not dropped"
     );
 }
+
+/// A string value holding U+0000 is valid SenML: it is stored, and every answer (the list,
+/// latest values, CSV, NDJSON, the live stream) gives back exactly the string received.
+#[tokio::test]
+async fn string_values_with_nul_come_back_exactly_from_every_answer() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let key = env.api_key("reader", "read");
+    let server = env.serve(&[]);
+    let client = client();
+    let exact = "a\u{0}b\\u0000\"c\u{0}";
+
+    let response = client
+        .get(server.url(&format!("/api/v1/stream?device={SENSOR}&name=s")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response;
+    let mut buffer = String::new();
+    // The listener of a just-started server may not listen yet: resend (as a new delivery,
+    // one more space) until an event arrives.
+    let record = json!([{"bn": SENSOR, "bt": T0, "n": "s", "vs": exact}]);
+    let body = serde_json::to_vec(&record).unwrap();
+    assert!(String::from_utf8_lossy(&body).contains(r"\u0000"));
+    let mut attempt = 0;
+    let event = loop {
+        attempt += 1;
+        assert!(attempt <= 10, "no live event");
+        let body = [&body[..], " ".repeat(attempt).as_bytes()].concat();
+        let (status, answer) =
+            status_json(deliver(&client, &server, plug, SECRET, &body).await).await;
+        assert_eq!((status, answer), (200, json!({"status": "stored"})));
+        let wait = next_event(&mut stream, &mut buffer, "measurement");
+        if let Ok(event) = tokio::time::timeout(Duration::from_secs(2), wait).await {
+            break event;
+        }
+    };
+    assert_eq!(event["string_value"], exact);
+
+    let (status, page) = api_get(
+        &client,
+        &server,
+        &key,
+        &format!("/api/v1/measurements?device={SENSOR}&limit=1"),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(items(&page)[0]["string_value"], exact);
+
+    let (status, latest) = api_get(
+        &client,
+        &server,
+        &key,
+        &format!("/api/v1/devices/{SENSOR}/latest"),
+    )
+    .await;
+    assert_eq!(status, 200, "{latest}");
+    assert_eq!(latest["values"][0]["string_value"], exact);
+
+    let path = format!("/api/v1/measurements?device={SENSOR}");
+    let (_, _, ndjson) = api_get_as(&client, &server, &key, &path, "application/x-ndjson").await;
+    let row: Value = serde_json::from_str(ndjson.lines().next().unwrap()).unwrap();
+    assert_eq!(row["string_value"], exact);
+    let (_, _, csv) = api_get_as(&client, &server, &key, &path, "text/csv").await;
+    let quoted = format!("\"{}\"", exact.replace('"', "\"\""));
+    assert!(
+        csv.lines().nth(1).unwrap().contains(&quoted),
+        "{csv:?} should hold {quoted:?}"
+    );
+}

@@ -801,3 +801,61 @@ async fn wrong_credentials_fail_downlinks_with_the_reason_and_never_show_the_sec
     assert!(!server.banner.contains(wrong_secret));
     assert_eq!(fake.violations(), Vec::<String>::new());
 }
+
+/// Strange identity-provider answers (`expires_in` absurd, negative, missing, not a number)
+/// and a KPN answer without end: downlinks still go out, and the worker never fails (its
+/// supervisor would count a panic as a restart).
+#[tokio::test]
+async fn strange_kpn_answers_neither_stop_nor_crash_the_worker() {
+    let fake = FakeKpn::start(HOUR);
+    let env = Env::new().await;
+    let key = env.api_key("ops", "downlink");
+    let client = client();
+    let server = serve_kpn(&env, &fake, &[]);
+    make_device_known(&env, &server, &client).await;
+
+    let cases = [
+        json!(1e300),
+        json!(-60),
+        Value::Null,
+        json!("soon"),
+        json!("1e300"),
+        json!(f64::MAX),
+    ];
+    for (i, expires_in) in cases.iter().enumerate() {
+        fake.set_expires_in(expires_in.clone());
+        let hex = format!("0c{i:02x}");
+        let first = queue(&client, &server, &key, 7, &hex).await;
+        let done = wait_for(&client, &server, &key, &first, "accepted").await;
+        assert_eq!(done["kpn_status"], 200, "{expires_in}: {done}");
+        // The next one needs a new token: the current one is refused once.
+        fake.fail_next(&[Fail::Unauthorized]);
+        let second = queue(&client, &server, &key, 7, &hex).await;
+        wait_for(&client, &server, &key, &second, "accepted").await;
+        let worker = &readyz(&client, &server).await["downlink_worker"];
+        assert_eq!(worker["running"], true, "{expires_in}: {worker}");
+        assert_eq!(worker["restarts"], 0, "{expires_in}: {worker}");
+    }
+
+    // An answer that never ends is read only so far, and the downlink counts as accepted.
+    fake.fail_next(&[Fail::Endless]);
+    let id = queue(&client, &server, &key, 7, "0d").await;
+    let done = wait_for(&client, &server, &key, &id, "accepted").await;
+    let answer = done["kpn_response"].as_str().expect("truncated text");
+    assert!(
+        answer.starts_with(&format!(r#"{{"externalReference":"{id}","padding":"xxx"#)),
+        "{done}"
+    );
+    assert!(answer.len() < 5000, "{} bytes kept", answer.len());
+
+    // A NUL in the answer cannot go into a text column: it is replaced, so the outcome is
+    // recorded (and the downlink not sent again when its lease runs out).
+    fake.fail_next(&[Fail::NulByte]);
+    let id = queue(&client, &server, &key, 7, "0e").await;
+    let done = wait_for(&client, &server, &key, &id, "accepted").await;
+    assert_eq!(done["kpn_response"], "queued\u{FFFD} ok", "{done}");
+    assert_eq!(calls_for(&fake, &id), 1);
+    let worker = &readyz(&client, &server).await["downlink_worker"];
+    assert_eq!(worker, &json!({"running": true, "restarts": 0}));
+    assert_eq!(fake.violations(), Vec::<String>::new());
+}

@@ -89,13 +89,13 @@ pub struct LatestValue {
 }
 
 impl From<LatestRow> for LatestValue {
-    fn from(row: LatestRow) -> Self {
+    fn from(mut row: LatestRow) -> Self {
         LatestValue {
+            string_value: row.string(),
             name: row.name,
             time: params::format_time(row.time),
             unit: row.unit,
             value: row.value,
-            string_value: row.string_value,
             bool_value: row.bool_value,
             data_value: row.data_value.map(|d| STANDARD.encode(d)),
             sum: row.sum,

@@ -109,6 +109,8 @@ pub async fn queue(
             AppError::bad_parameter("Idempotency-Key", "expected visible ASCII characters")
         })?),
     };
+    let urn = params::text("urn", Some(urn))?
+        .ok_or_else(|| AppError::bad_parameter("urn", "must not be empty"))?;
     let checked = request::check_json(&device_key(urn.trim()), &body).map_err(OutboxError::from)?;
     let (device_id, urn_key) = outbox::known_device(&state.pool, &urn).await?;
     let queued = outbox::queue(&state.pool, device_id, &urn_key, &checked, idempotency_key).await?;
@@ -219,8 +221,8 @@ pub async fn list(
     };
     let limit = params::limit(q.limit.as_deref())?;
     let before = params::cursor(q.cursor.as_deref())?.map(|(_, seq)| seq);
-    let device = q.device.as_deref().filter(|d| !d.is_empty());
-    let mut rows = outbox::list(&state.pool, device, status, before, limit + 1).await?;
+    let device = params::text("device", q.device)?;
+    let mut rows = outbox::list(&state.pool, device.as_deref(), status, before, limit + 1).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last()

@@ -70,14 +70,14 @@ impl Item {
 }
 
 impl From<MeasurementRow> for Item {
-    fn from(row: MeasurementRow) -> Self {
+    fn from(mut row: MeasurementRow) -> Self {
         Item {
+            string_value: row.string(),
             device: row.device,
             name: row.name,
             unit: row.unit,
             time: params::format_time(row.time),
             value: row.value,
-            string_value: row.string_value,
             bool_value: row.bool_value,
             data_value: row.data_value.map(|d| STANDARD.encode(d)),
             sum: row.sum,

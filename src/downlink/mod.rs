@@ -2,12 +2,13 @@
 //!
 //! A request is checked ([`request`]) and queued ([`outbox`]) by the API or the CLI; the
 //! [`worker`] in every `serve` process sends due rows through [`crate::kpn`], retrying
-//! temporary failures with [`backoff`]. PostgreSQL is the queue, so a restart loses nothing
+//! temporary failures with [`backoff`]; a [`supervisor`] restarts the worker should it fail. PostgreSQL is the queue, so a restart loses nothing
 //! and replicas share the work without sending a downlink twice.
 
 pub mod backoff;
 pub mod outbox;
 pub mod request;
+pub mod supervisor;
 pub mod view;
 pub mod worker;
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Status;
 use super::backoff::Backoff;
+use super::supervisor::{WorkerHealth, supervise};
 use crate::kpn::client::Downlink;
 use crate::kpn::{KpnClient, SendOutcome};
 use crate::store::downlinks::{self, Claimed};
@@ -65,21 +66,38 @@ impl Settings {
     }
 }
 
-/// Starts the worker; it stops after `shutdown`, once the downlinks it holds are settled.
+/// The running worker: its supervisor task, and its health for `/readyz`.
+pub struct Running {
+    /// Ends after `shutdown`, once the downlinks the worker holds are settled.
+    pub task: JoinHandle<()>,
+    pub health: Arc<WorkerHealth>,
+}
+
+/// Starts the worker under a supervisor that restarts it should it panic or stop.
 pub fn spawn(
     pool: PgPool,
     client: Arc<KpnClient>,
     settings: Settings,
     shutdown: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let worker = Worker {
-            pool,
-            client,
-            settings,
-        };
-        worker.run(shutdown).await;
-    })
+) -> Running {
+    let health = Arc::new(WorkerHealth::default());
+    let worker = Arc::new(Worker {
+        pool,
+        client,
+        settings,
+    });
+    let task = {
+        let health = health.clone();
+        tokio::spawn(async move {
+            let stop = shutdown.clone();
+            supervise("downlink worker", &health, shutdown, move || {
+                let (worker, stop) = (worker.clone(), stop.clone());
+                async move { worker.run(stop).await }
+            })
+            .await;
+        })
+    };
+    Running { task, health }
 }
 
 struct Worker {
@@ -241,7 +259,7 @@ pub fn start(
     pool: &PgPool,
     args: &crate::config::ServeArgs,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<JoinHandle<()>>> {
+) -> anyhow::Result<Option<Running>> {
     let Some(client) = crate::kpn::client_from_args(&args.kpn)? else {
         tracing::info!(
             "downlinks disabled: {}",

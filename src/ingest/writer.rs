@@ -145,6 +145,10 @@ async fn commit(pool: &PgPool, jobs: Vec<Job>) {
         jobs.into_iter().map(|j| (j.delivery, j.reply)).unzip();
     let result = store_with_retry(pool, &deliveries).await;
     metrics::histogram!("things_writer_commit_seconds").record(started.elapsed().as_secs_f64());
+    // Counted for every batch (as 0 or 1), so the series exists from the first commit on:
+    // a batch the database refused as data cost one transaction per delivery.
+    let degraded = matches!(result, Err(Failure::Data(_)));
+    metrics::counter!("things_writer_degraded_batches_total").increment(u64::from(degraded));
     match result {
         Ok(outcomes) => {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {

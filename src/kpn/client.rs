@@ -12,12 +12,15 @@ use reqwest::StatusCode;
 use uuid::Uuid;
 
 use super::token::{AccessToken, TokenSource};
-use super::{ConfigError, Credentials, KpnConfig, call_metrics, truncate};
+use super::{ConfigError, Credentials, KpnConfig, call_metrics, read_limited, truncate};
 
 /// Longest `Retry-After` we honour; beyond it the outbox's own backoff applies.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// How much of KPN's answer is kept.
 const MAX_ANSWER: usize = 4000;
+/// How much of KPN's answer is read (a truncated UTF-8 tail is then cut off by
+/// [`MAX_ANSWER`]); the rest is left unread.
+const MAX_ANSWER_READ: usize = 16 * 1024;
 
 /// One downlink as it goes to KPN.
 #[derive(Debug, Clone, Copy)]
@@ -173,8 +176,8 @@ async fn classify(response: reqwest::Response) -> SendOutcome {
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
-    let answer = match response.text().await {
-        Ok(text) => truncate(&text, MAX_ANSWER),
+    let answer = match read_limited(response, MAX_ANSWER_READ).await {
+        Ok((text, _)) => truncate(&text, MAX_ANSWER),
         Err(e) if status.is_success() => {
             // KPN took it; only its answer was lost.
             format!("(answer not readable: {e})")

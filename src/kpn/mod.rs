@@ -136,10 +136,47 @@ pub(crate) fn call_metrics(call: &'static str, started: Instant, status: Option<
     metrics::counter!("things_kpn_errors_total", "call" => call, "kind" => kind).increment(1);
 }
 
+/// At most `max` bytes of an answer's body, as text (see [`answer_text`]), and whether
+/// that was the whole body. The rest is not read: a server that sends without end costs at
+/// most `max` bytes of memory and the time of the configured timeout.
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<(String, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = max - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((answer_text(&body), false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((answer_text(&body), true))
+}
+
+/// An answer's bytes as text that PostgreSQL can store: invalid UTF-8 and U+0000 become
+/// U+FFFD. (A NUL kept in KPN's answer would make recording the outcome fail, and the
+/// downlink would be sent again when its lease ran out, for ever.)
+fn answer_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}")
+}
+
 /// At most `max` characters of `text`, for error details.
 pub(crate) fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &text[..i]),
         None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_become_storable_text() {
+        assert_eq!(answer_text(b"{\"ok\":true}"), "{\"ok\":true}");
+        assert_eq!(answer_text(b"a\0b\xffc"), "a\u{FFFD}b\u{FFFD}c");
     }
 }

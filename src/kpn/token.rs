@@ -13,10 +13,17 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use super::credentials::Credentials;
-use super::{KpnConfig, call_metrics, truncate};
+use super::{KpnConfig, call_metrics, read_limited, truncate};
 
 /// Assumed lifetime when GRIP's answer carries no usable `expires_in`.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// Lifetimes are held to this range whatever GRIP says: a token trusted for years would
+/// outlive any rotation, and one renewed every few milliseconds would flood GRIP. A token
+/// that dies sooner than we assumed is answered 401 by KPN and replaced then.
+const MIN_LIFETIME: Duration = Duration::from_secs(10);
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Largest token answer read; real ones are about 2 KiB.
+const MAX_TOKEN_ANSWER: usize = 64 * 1024;
 /// A token is replaced this long before it expires (at most; a fifth of short lifetimes), so
 /// that no call starts with a token about to run out.
 const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(60);
@@ -150,7 +157,14 @@ impl TokenSource {
         };
         let status = response.status();
         call_metrics("token", started, Some(status.as_u16()));
-        let text = response.text().await.map_err(TokenError::Transport)?;
+        let (text, complete) = read_limited(response, MAX_TOKEN_ANSWER)
+            .await
+            .map_err(TokenError::Transport)?;
+        if status.is_success() && !complete {
+            return Err(TokenError::Malformed(format!(
+                "answer longer than {MAX_TOKEN_ANSWER} bytes"
+            )));
+        }
         if !status.is_success() {
             return Err(TokenError::Status {
                 status: status.as_u16(),
@@ -190,7 +204,10 @@ impl TokenSource {
         if status.is_success() {
             Ok(())
         } else {
-            let text = response.text().await.unwrap_or_default();
+            let text = read_limited(response, MAX_TOKEN_ANSWER)
+                .await
+                .map(|(text, _)| text)
+                .unwrap_or_default();
             Err(failed(format!(
                 "answered {status}: {}",
                 truncate(&text, 200)
@@ -208,16 +225,43 @@ fn parse_token(text: &str) -> Result<(AccessToken, Duration), TokenError> {
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| TokenError::Malformed("no access_token".to_owned()))?;
-    let lifetime = value
-        .get("expires_in")
-        .and_then(|e| {
-            e.as_f64()
-                .or_else(|| e.as_str().and_then(|s| s.trim().parse().ok()))
-        })
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(DEFAULT_LIFETIME);
+    let lifetime = lifetime(value.get("expires_in"));
     Ok((AccessToken(Arc::from(token)), lifetime))
+}
+
+/// `expires_in` (a number, or a number in a string) as a lifetime within [`MIN_LIFETIME`]
+/// and [`MAX_LIFETIME`]; [`DEFAULT_LIFETIME`] when it is missing or no positive number.
+/// Anything but a plain in-range number is logged, since it says GRIP changed.
+fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
+    let seconds = expires_in.and_then(|e| {
+        e.as_f64()
+            .or_else(|| e.as_str().and_then(|s| s.trim().parse::<f64>().ok()))
+    });
+    let Some(seconds) = seconds.filter(|s| s.is_finite() && *s > 0.0) else {
+        tracing::warn!(
+            expires_in = %expires_in.map_or("(missing)".to_owned(), |e| truncate(&e.to_string(), 40)),
+            assumed_s = DEFAULT_LIFETIME.as_secs(),
+            "identity provider gave no usable token lifetime"
+        );
+        return DEFAULT_LIFETIME;
+    };
+    // Compared as numbers before any conversion: `Duration::from_secs_f64` panics on values
+    // beyond its range (1e300 is a valid JSON number).
+    let (min, max) = (MIN_LIFETIME.as_secs_f64(), MAX_LIFETIME.as_secs_f64());
+    if (min..=max).contains(&seconds) {
+        return Duration::from_secs_f64(seconds);
+    }
+    let clamped = if seconds < min {
+        MIN_LIFETIME
+    } else {
+        MAX_LIFETIME
+    };
+    tracing::warn!(
+        expires_in = seconds,
+        assumed_s = clamped.as_secs(),
+        "identity provider's token lifetime is out of range"
+    );
+    clamped
 }
 
 /// Percent-encodes everything but unreserved characters, for one path segment.
@@ -249,6 +293,26 @@ mod tests {
         let (_, lifetime) = parse_token(r#"{"access_token":"abc"}"#).unwrap();
         assert_eq!(lifetime, DEFAULT_LIFETIME);
         assert!(parse_token(r#"{"expires_in":60}"#).is_err());
+        let lifetime_of = |answer: &str| parse_token(answer).map(|(_, l)| l).unwrap();
+        for (expires_in, expected) in [
+            ("1e300", MAX_LIFETIME),
+            ("\"1e300\"", MAX_LIFETIME),
+            ("1.7976931348623157e308", MAX_LIFETIME),
+            ("-60", DEFAULT_LIFETIME),
+            ("0", DEFAULT_LIFETIME),
+            ("\"soon\"", DEFAULT_LIFETIME),
+            ("\"NaN\"", DEFAULT_LIFETIME),
+            ("\"inf\"", DEFAULT_LIFETIME),
+            ("null", DEFAULT_LIFETIME),
+            ("[60]", DEFAULT_LIFETIME),
+            ("1e-300", MIN_LIFETIME),
+            ("0.5", MIN_LIFETIME),
+            ("86400", MAX_LIFETIME),
+            ("18446744073709551616", MAX_LIFETIME),
+        ] {
+            let answer = format!(r#"{{"access_token":"abc","expires_in":{expires_in}}}"#);
+            assert_eq!(lifetime_of(&answer), expected, "{expires_in}");
+        }
         assert!(parse_token("<html>").is_err());
         assert!(!format!("{token:?}").contains("abc"));
     }

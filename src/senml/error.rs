@@ -66,6 +66,17 @@ pub enum SenmlError {
         bver: u64,
     },
 
+    /// A record's `bver` differs from the version of the pack (RFC 8428 §4.4).
+    #[error("record {record}: bver {bver} differs from the pack's version {version}")]
+    MixedVersions {
+        /// Zero-based index of the record in the pack.
+        record: usize,
+        /// The version this record gives.
+        bver: u64,
+        /// The version of the pack: the first record's, or 10.
+        version: u64,
+    },
+
     /// More than one of `v`, `vs`, `vb`, `vd` in one record.
     #[error("record {record}: has more than one value field ({})", fields.join(", "))]
     MultipleValues {
@@ -126,6 +137,14 @@ pub enum SenmlError {
     /// The resolved time cannot be represented as a timestamp.
     #[error("record {record}: time out of range")]
     TimeOutOfRange {
+        /// Zero-based index of the record in the pack.
+        record: usize,
+    },
+
+    /// The resolved time is a timestamp, but outside years 0001 to 9999: RFC 3339 cannot
+    /// write it, so it could be stored yet never served.
+    #[error("record {record}: time is outside the years 0001 to 9999")]
+    TimeNotStorable {
         /// Zero-based index of the record in the pack.
         record: usize,
     },

@@ -29,7 +29,7 @@ mod error;
 mod name;
 mod record;
 mod resolve;
-mod time;
+pub mod time;
 mod urn;
 
 pub use error::SenmlError;

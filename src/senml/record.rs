@@ -57,7 +57,7 @@ impl Record {
                 "n" => out.n = Some(string(record, "n", value)?),
                 "u" => out.u = Some(string(record, "u", value)?),
                 "v" => out.v = Some(number(record, "v", &value)?),
-                "vs" => out.vs = Some(string(record, "vs", value)?),
+                "vs" => out.vs = Some(text(record, "vs", value)?),
                 "vb" => out.vb = Some(boolean(record, "vb", &value)?),
                 "vd" => out.vd = Some(string(record, "vd", value)?),
                 "s" => out.s = Some(number(record, "s", &value)?),
@@ -97,10 +97,19 @@ impl Record {
     }
 }
 
+/// A name, unit or base64 field: U+0000 is refused (no name may hold it, RFC 8428 §4.5.1,
+/// and a unit or base64 text with it is no unit or data).
 fn string(record: usize, field: &'static str, value: Json) -> Result<String, SenmlError> {
+    match text(record, field, value)? {
+        s if s.contains('\0') => Err(SenmlError::NulCharacter { record, field }),
+        s => Ok(s),
+    }
+}
+
+/// A string value (`vs`): any JSON string, U+0000 included (RFC 8428 puts no limit on it;
+/// the store escapes it, see `store::stored_text`).
+fn text(record: usize, field: &'static str, value: Json) -> Result<String, SenmlError> {
     match value {
-        // JSON can carry U+0000 ("\u0000"), PostgreSQL text cannot: such a pack is kept raw.
-        Json::String(s) if s.contains('\0') => Err(SenmlError::NulCharacter { record, field }),
         Json::String(s) => Ok(s),
         _ => Err(SenmlError::WrongType {
             record,
@@ -128,21 +137,21 @@ fn boolean(record: usize, field: &'static str, value: &Json) -> Result<bool, Sen
     })
 }
 
-/// `bver` is a non-negative integer. JSON has no integer type, so an
-/// integral number written with a fraction (`10.0`) is accepted too; `10.5`
-/// and negative numbers are not.
+/// `bver` is a positive integer (RFC 8428 §4.4). JSON has no integer type,
+/// so an integral number written with a fraction (`10.0`) is accepted too;
+/// `10.5`, zero and negative numbers are not.
 fn version(record: usize, value: &Json) -> Result<u64, SenmlError> {
     let wrong = SenmlError::WrongType {
         record,
         field: "bver",
-        expected: "a non-negative integer",
+        expected: "a positive integer",
     };
     if let Some(version) = value.as_u64() {
-        return Ok(version);
+        return if version > 0 { Ok(version) } else { Err(wrong) };
     }
     match value.as_f64() {
         // Saturating cast: anything this large is an unsupported version anyway.
-        Some(f) if f >= 0.0 && f.fract() == 0.0 => Ok(f as u64),
+        Some(f) if f >= 1.0 && f.fract() == 0.0 => Ok(f as u64),
         _ => Err(wrong),
     }
 }
@@ -204,9 +213,12 @@ mod tests {
             (r#"{"ut":"x"}"#, "ut", "a number"),
             (r#"{"vb":"true"}"#, "vb", "a boolean"),
             (r#"{"vb":1}"#, "vb", "a boolean"),
-            (r#"{"bver":10.5}"#, "bver", "a non-negative integer"),
-            (r#"{"bver":-1}"#, "bver", "a non-negative integer"),
-            (r#"{"bver":"10"}"#, "bver", "a non-negative integer"),
+            (r#"{"bver":10.5}"#, "bver", "a positive integer"),
+            (r#"{"bver":-1}"#, "bver", "a positive integer"),
+            (r#"{"bver":"10"}"#, "bver", "a positive integer"),
+            (r#"{"bver":0}"#, "bver", "a positive integer"),
+            (r#"{"bver":0.0}"#, "bver", "a positive integer"),
+            (r#"{"bver":0.5}"#, "bver", "a positive integer"),
         ];
         for (text, field, expected) in cases {
             assert_eq!(
@@ -229,7 +241,7 @@ mod tests {
     fn bver_accepts_integers_in_any_spelling() {
         assert_eq!(parse(r#"{"bver":10}"#).map(|r| r.bver), Ok(Some(10)));
         assert_eq!(parse(r#"{"bver":10.0}"#).map(|r| r.bver), Ok(Some(10)));
-        assert_eq!(parse(r#"{"bver":0}"#).map(|r| r.bver), Ok(Some(0)));
+        assert_eq!(parse(r#"{"bver":1}"#).map(|r| r.bver), Ok(Some(1)));
         assert_eq!(parse(r#"{"bver":1e1}"#).map(|r| r.bver), Ok(Some(10)));
     }
 

@@ -68,7 +68,10 @@ pub enum Value {
 ///   0). Whether a record needs a value field is still decided by `s` alone
 ///   (§4.2: a value is required "unless there is a Sum field").
 /// - `bver` above 10 is rejected: a newer version may change meanings we
-///   would silently misread.
+///   would silently misread. A pack has one version (§4.4): a later `bver`
+///   other than the first record's (or 10, when it had none) rejects it.
+/// - Numbers are read to the nearest double (serde_json's `float_roundtrip`),
+///   so a value is stored as `str::parse::<f64>` would read it.
 pub fn resolve(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<Measurement>, SenmlError> {
     let pack: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| SenmlError::InvalidJson(e.to_string()))?;
@@ -95,6 +98,8 @@ pub fn resolve(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<Measuremen
 /// unit" and "no base sum" mean something different from any value.
 #[derive(Debug, Default)]
 struct Base {
+    /// The pack's version: the first record's `bver`, else 10 (RFC 8428 §4.4).
+    version: Option<u64>,
     name: String,
     time: f64,
     unit: Option<String>,
@@ -117,6 +122,18 @@ impl Base {
             return Err(SenmlError::UnsupportedVersion {
                 record: index,
                 bver,
+            });
+        }
+        let version = *self
+            .version
+            .get_or_insert(record.bver.unwrap_or(SUPPORTED_VERSION));
+        if let Some(bver) = record.bver
+            && bver != version
+        {
+            return Err(SenmlError::MixedVersions {
+                record: index,
+                bver,
+                version,
             });
         }
         // Base fields apply to the record that carries them (RFC 8428 §4.1).
@@ -798,7 +815,11 @@ mod tests {
     #[test]
     fn bver_up_to_10_is_accepted() {
         assert_eq!(
-            ok(r#"[{"bver":10,"n":"a","v":1},{"bver":5,"n":"b","v":1}]"#).len(),
+            ok(r#"[{"bver":5,"n":"a","v":1},{"bver":5,"n":"b","v":1},{"n":"c","v":1}]"#).len(),
+            3
+        );
+        assert_eq!(
+            ok(r#"[{"n":"a","v":1},{"bver":10,"n":"b","v":1}]"#).len(),
             2
         );
         assert_eq!(
@@ -807,7 +828,86 @@ mod tests {
         );
         assert_eq!(
             err(r#"[{"bver":10.5,"n":"a","v":1}]"#),
-            "record 0: field \"bver\" must be a non-negative integer"
+            "record 0: field \"bver\" must be a positive integer"
+        );
+        assert_eq!(
+            err(r#"[{"bver":0,"n":"a","v":1}]"#),
+            "record 0: field \"bver\" must be a positive integer"
+        );
+    }
+
+    #[test]
+    fn one_pack_has_one_version() {
+        // RFC 8428 §4.4: every record of a pack has the same version; a record without
+        // bver has the one in effect (10 when none was given).
+        assert_eq!(
+            err(r#"[{"bver":10,"n":"a","v":1},{"bver":5,"n":"b","v":1}]"#),
+            "record 1: bver 5 differs from the pack's version 10"
+        );
+        assert_eq!(
+            err(r#"[{"n":"a","v":1},{"bver":9,"n":"b","v":1}]"#),
+            "record 1: bver 9 differs from the pack's version 10"
+        );
+        assert_eq!(
+            err(r#"[{"bver":7},{"n":"a","v":1},{"bver":8,"n":"b","v":1}]"#),
+            "record 2: bver 8 differs from the pack's version 7"
+        );
+    }
+
+    #[test]
+    fn string_values_may_hold_nul_names_and_units_may_not() {
+        let resolved = ok(r#"[{"bn":"d","n":"s","vs":"a\u0000b"}]"#);
+        assert_eq!(resolved[0].value, Some(text("a\u{0}b")));
+        assert_eq!(
+            err(r#"[{"bn":"d","n":"s\u0000","vs":"x"}]"#),
+            "record 0: field \"n\" contains a NUL character"
+        );
+        assert_eq!(
+            err(r#"[{"bn":"d","n":"s","u":"\u0000","v":1}]"#),
+            "record 0: field \"u\" contains a NUL character"
+        );
+    }
+
+    #[test]
+    fn numbers_parse_to_the_nearest_double() {
+        // Literals of 15 to 19 significant digits, spread over many magnitudes; without
+        // serde_json's float_roundtrip about one in five comes out one ulp off.
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let literals: Vec<String> = (0..2000)
+            .map(|i| {
+                let digits = 15 + (i % 5) as usize;
+                let mantissa = format!("{:019}", next() % 10_000_000_000_000_000_000);
+                let exponent = (next() % 40) as i32 - 20;
+                format!(
+                    "{}.{}e{exponent}",
+                    &mantissa[..1].replace('0', "1"),
+                    &mantissa[1..digits]
+                )
+            })
+            .collect();
+        let records: Vec<String> = literals
+            .iter()
+            .map(|l| format!(r#"{{"n":"x","v":{l}}}"#))
+            .collect();
+        let pack = format!(r#"[{{"bn":"d","bt":1.7e9}},{}]"#, records.join(","));
+        let resolved = ok(&pack);
+        let mut wrong = Vec::new();
+        for (literal, measurement) in literals.iter().zip(&resolved) {
+            let nearest: f64 = literal.parse().expect("valid literal");
+            if measurement.value != Some(Value::Number(nearest)) {
+                wrong.push(literal);
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} of 2000 misread: {wrong:?}",
+            wrong.len()
         );
     }
 

@@ -10,6 +10,23 @@ use super::error::SenmlError;
 /// overlap in practice.
 const RELATIVE_BELOW: f64 = 268_435_456.0;
 
+/// The earliest time we store or accept: 0001-01-01T00:00:00Z, in microseconds.
+///
+/// PostgreSQL's `timestamptz` reaches further (4713 BC to 294276 AD), but RFC 3339 has
+/// four-digit years only, so anything outside years 0001 to 9999 could be stored yet not
+/// served. One range for SenML times and API parameters keeps every stored time servable
+/// and every parameter storable.
+pub const EARLIEST_MICROS: i64 = -62_135_596_800_000_000;
+/// The latest time we store or accept: 9999-12-31T23:59:59.999999Z, in microseconds.
+pub const LATEST_MICROS: i64 = 253_402_300_799_999_999;
+
+/// Whether `time` lies within years 0001 to 9999 (see [`EARLIEST_MICROS`]).
+pub fn storable(time: DateTime<Utc>) -> bool {
+    // Compared in microseconds: that is what is stored, and a nanosecond past the last
+    // microsecond rounds down into range.
+    (EARLIEST_MICROS..=LATEST_MICROS).contains(&time.timestamp_micros())
+}
+
 /// Converts a resolved SenML time to an absolute timestamp.
 ///
 /// `now_micros` is the receipt time in whole microseconds since the epoch:
@@ -37,6 +54,9 @@ pub(crate) fn resolve(
     } else {
         micros
     };
+    if !(EARLIEST_MICROS..=LATEST_MICROS).contains(&absolute) {
+        return Err(SenmlError::TimeNotStorable { record });
+    }
     DateTime::from_timestamp_micros(absolute).ok_or(out_of_range)
 }
 
@@ -128,5 +148,30 @@ mod tests {
             SenmlError::TimeOutOfRange { record: 0 }.to_string(),
             "record 0: time out of range"
         );
+    }
+
+    #[test]
+    fn times_outside_years_1_to_9999_are_refused() {
+        let not_storable = Err(SenmlError::TimeNotStorable { record: 1 });
+        // Relative (below 2^28) and far in the past; absolute and far in the future.
+        assert_eq!(resolve(1, -3e11, NOW), not_storable);
+        assert_eq!(resolve(1, 8e12, NOW), not_storable);
+        assert_eq!(resolve(1, 253_402_300_800.0, NOW), not_storable);
+        // The edges themselves are fine.
+        // (Whole seconds: an f64 this large has no microsecond resolution left.)
+        let last = resolve(1, 253_402_300_799.0, NOW).expect("in range");
+        assert_eq!(last.timestamp_micros(), LATEST_MICROS - 999_999);
+        assert!(storable(last));
+        let first_relative = (EARLIEST_MICROS - NOW) as f64 / 1e6;
+        let first = resolve(1, first_relative, NOW).expect("in range");
+        assert_eq!(first.timestamp_micros(), EARLIEST_MICROS);
+        assert_eq!(resolve(1, first_relative - 1.0, NOW), not_storable);
+        assert_eq!(
+            SenmlError::TimeNotStorable { record: 3 }.to_string(),
+            "record 3: time is outside the years 0001 to 9999"
+        );
+        assert!(!storable(
+            DateTime::from_timestamp_micros(LATEST_MICROS + 1).expect("chrono range")
+        ));
     }
 }

@@ -2,6 +2,7 @@
 //! whole batch in one transaction, so that an answer of success always means all of it is
 //! durable, and so that many concurrent deliveries share one commit (group commit).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
@@ -11,6 +12,8 @@ use uuid::Uuid;
 
 use crate::senml::{Measurement, Value, device_key, device_kind};
 use crate::token::Token;
+
+use super::stored_text;
 
 /// A verified delivery as it arrived: everything needed to store it, or to spool it and
 /// store it later.
@@ -280,7 +283,8 @@ struct Columns<'a> {
     name: Vec<&'a str>,
     unit: Vec<Option<&'a str>>,
     value: Vec<Option<f64>>,
-    string_value: Vec<Option<&'a str>>,
+    string_value: Vec<Option<Cow<'a, str>>>,
+    string_escaped: Vec<Option<bool>>,
     bool_value: Vec<Option<bool>>,
     data_value: Vec<Option<&'a [u8]>>,
     sum: Vec<Option<f64>>,
@@ -296,6 +300,7 @@ impl<'a> Columns<'a> {
             unit: Vec::with_capacity(n),
             value: Vec::with_capacity(n),
             string_value: Vec::with_capacity(n),
+            string_escaped: Vec::with_capacity(n),
             bool_value: Vec::with_capacity(n),
             data_value: Vec::with_capacity(n),
             sum: Vec::with_capacity(n),
@@ -308,16 +313,20 @@ impl<'a> Columns<'a> {
         self.time.push(m.time);
         self.name.push(&m.name);
         self.unit.push(m.unit.as_deref());
-        let (mut v, mut s, mut b, mut d) = (None, None, None, None);
+        let (mut v, mut s, mut e, mut b, mut d) = (None, None, None, None, None);
         match &m.value {
             Some(Value::Number(x)) => v = Some(*x),
-            Some(Value::String(x)) => s = Some(x.as_str()),
+            Some(Value::String(x)) => {
+                let (text, escaped) = stored_text::to_storage(x);
+                (s, e) = (Some(text), escaped);
+            }
             Some(Value::Bool(x)) => b = Some(*x),
             Some(Value::Data(x)) => d = Some(x.as_slice()),
             None => {}
         }
         self.value.push(v);
         self.string_value.push(s);
+        self.string_escaped.push(e);
         self.bool_value.push(b);
         self.data_value.push(d);
         self.sum.push(m.sum);
@@ -332,6 +341,7 @@ impl<'a> Columns<'a> {
             .bind(&self.unit)
             .bind(&self.value)
             .bind(&self.string_value)
+            .bind(&self.string_escaped)
             .bind(&self.bool_value)
             .bind(&self.data_value)
             .bind(&self.sum)
@@ -343,9 +353,11 @@ impl<'a> Columns<'a> {
 }
 
 const INSERT_MEASUREMENTS: &str = "INSERT INTO measurements \
-     (device_id, time, name, unit, value, string_value, bool_value, data_value, sum, message_id) \
+     (device_id, time, name, unit, value, string_value, string_escaped, bool_value, data_value, \
+      sum, message_id) \
      SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::float8[], \
-                          $6::text[], $7::bool[], $8::bytea[], $9::float8[], $10::int8[])";
+                          $6::text[], $7::bool[], $8::bool[], $9::bytea[], $10::float8[], \
+                          $11::int8[])";
 
 async fn insert_measurements(
     tx: &mut PgConnection,
@@ -363,11 +375,14 @@ async fn insert_measurements(
 }
 
 const UPSERT_LATEST: &str = "INSERT INTO latest_values \
-     (device_id, time, name, unit, value, string_value, bool_value, data_value, sum, message_id) \
+     (device_id, time, name, unit, value, string_value, string_escaped, bool_value, data_value, \
+      sum, message_id) \
      SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::float8[], \
-                          $6::text[], $7::bool[], $8::bytea[], $9::float8[], $10::int8[]) \
+                          $6::text[], $7::bool[], $8::bool[], $9::bytea[], $10::float8[], \
+                          $11::int8[]) \
      ON CONFLICT (device_id, name) DO UPDATE SET time = EXCLUDED.time, unit = EXCLUDED.unit, \
-         value = EXCLUDED.value, string_value = EXCLUDED.string_value, bool_value = EXCLUDED.bool_value, \
+         value = EXCLUDED.value, string_value = EXCLUDED.string_value, \
+         string_escaped = EXCLUDED.string_escaped, bool_value = EXCLUDED.bool_value, \
          data_value = EXCLUDED.data_value, sum = EXCLUDED.sum, message_id = EXCLUDED.message_id \
      WHERE latest_values.time <= EXCLUDED.time";
 

@@ -64,16 +64,26 @@ pub struct LatestRow {
     pub time: DateTime<Utc>,
     pub unit: Option<String>,
     pub value: Option<f64>,
+    /// As stored: see [`LatestRow::string`].
     pub string_value: Option<String>,
+    pub string_escaped: Option<bool>,
     pub bool_value: Option<bool>,
     pub data_value: Option<Vec<u8>>,
     pub sum: Option<f64>,
 }
 
+impl LatestRow {
+    /// The string value exactly as received.
+    pub fn string(&mut self) -> Option<String> {
+        let text = self.string_value.take()?;
+        Some(super::stored_text::from_storage(text, self.string_escaped))
+    }
+}
+
 /// The newest value of every measurement name of a device: one primary-key range read.
 pub async fn latest(pool: &PgPool, device_id: i64) -> Result<Vec<LatestRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT name, time, unit, value, string_value, bool_value, data_value, sum \
+        "SELECT name, time, unit, value, string_value, string_escaped, bool_value, data_value, sum \
          FROM latest_values WHERE device_id = $1 ORDER BY name",
     )
     .bind(device_id)

@@ -43,7 +43,7 @@ pub struct LiveRow {
 pub async fn fetch(pool: &PgPool, inserted: &Inserted) -> Result<Vec<LiveRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT d.urn_key, m.id, d.urn AS device, m.name, m.unit, m.time, m.value, \
-                m.string_value, m.bool_value, m.data_value, m.sum \
+                m.string_value, m.string_escaped, m.bool_value, m.data_value, m.sum \
          FROM measurements m JOIN devices d ON d.id = m.device_id \
          WHERE m.id BETWEEN $1 AND $2 \
            AND (cardinality($3::int8[]) = 0 OR m.message_id = ANY($3)) \

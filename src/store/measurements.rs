@@ -11,10 +11,20 @@ pub struct MeasurementRow {
     pub unit: Option<String>,
     pub time: DateTime<Utc>,
     pub value: Option<f64>,
+    /// As stored: see [`MeasurementRow::string`].
     pub string_value: Option<String>,
+    pub string_escaped: Option<bool>,
     pub bool_value: Option<bool>,
     pub data_value: Option<Vec<u8>>,
     pub sum: Option<f64>,
+}
+
+impl MeasurementRow {
+    /// The string value exactly as received.
+    pub fn string(&mut self) -> Option<String> {
+        let text = self.string_value.take()?;
+        Some(super::stored_text::from_storage(text, self.string_escaped))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -53,7 +63,7 @@ pub async fn list(
 pub fn select(filter: &MeasurementFilter) -> QueryBuilder<Postgres> {
     let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
         "SELECT m.id, d.urn AS device, m.name, m.unit, m.time, m.value, m.string_value, \
-                m.bool_value, m.data_value, m.sum \
+                m.string_escaped, m.bool_value, m.data_value, m.sum \
          FROM measurements m JOIN devices d ON d.id = m.device_id WHERE TRUE",
     );
     if let Some(device_id) = filter.device_id {

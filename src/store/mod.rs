@@ -16,6 +16,7 @@ pub mod measurements;
 pub mod messages;
 pub mod partitions;
 pub mod series;
+pub mod stored_text;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

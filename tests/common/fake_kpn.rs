@@ -40,6 +40,10 @@ pub enum Fail {
     Redirect,
     /// Answers 200, but only after this long (longer than the client's timeout: a timeout).
     Slow(Duration),
+    /// Answers 200 with a body that never ends.
+    Endless,
+    /// Answers 200 with a body holding a raw NUL byte.
+    NulByte,
 }
 
 /// One downlink call that passed the checks.
@@ -74,6 +78,8 @@ struct Inner {
     latency: Duration,
     /// Every token answer waits this long.
     token_latency: Duration,
+    /// What token answers say as `expires_in` instead of the lifetime (`Null`: no field).
+    expires_in: Option<Value>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -100,6 +106,7 @@ impl FakeKpn {
             context_switches: 0,
             latency: Duration::ZERO,
             token_latency: Duration::from_millis(100),
+            expires_in: None,
         }));
         let app = Router::new()
             .route("/v2/{tenant}/oidc/idp/c1/token", post(token))
@@ -161,6 +168,12 @@ impl FakeKpn {
 
     pub fn set_sub_customer(&self, id: &str) {
         self.lock().sub_customer = Some(id.to_owned());
+    }
+
+    /// Token answers say `expires_in: value` (left out for `Null`); tokens still live as
+    /// long as the fake was started with.
+    pub fn set_expires_in(&self, value: Value) {
+        self.lock().expires_in = Some(value);
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -270,12 +283,19 @@ async fn token(
     inner
         .tokens
         .insert(token.clone(), Instant::now() + lifetime);
-    axum::Json(json!({
+    let mut answer = json!({
         "access_token": token,
         "token_type": "Bearer",
         "expires_in": lifetime.as_secs(),
-    }))
-    .into_response()
+    });
+    match &inner.expires_in {
+        None => {}
+        Some(Value::Null) => {
+            answer.as_object_mut().unwrap().remove("expires_in");
+        }
+        Some(value) => answer["expires_in"] = value.clone(),
+    }
+    axum::Json(answer).into_response()
 }
 
 /// The bearer token if it is live; otherwise the answer KPN gives.
@@ -424,6 +444,11 @@ async fn downlink(
                 Duration::ZERO,
             ),
             Some(Fail::Slow(delay)) => (ok_answer(&external_reference), delay),
+            Some(Fail::Endless) => (endless_answer(&external_reference), Duration::ZERO),
+            Some(Fail::NulByte) => (
+                (StatusCode::OK, b"queued\0 ok".to_vec()).into_response(),
+                Duration::ZERO,
+            ),
         };
         inner.calls.push(Call {
             external_reference,
@@ -448,6 +473,20 @@ fn ok_answer(external_reference: &str) -> Response {
         StatusCode::OK,
         [(header::CONTENT_TYPE, ACCEPT)],
         axum::Json(json!({"externalReference": external_reference, "status": "SCHEDULED"})),
+    )
+        .into_response()
+}
+
+/// A 200 whose body starts like a real answer and then goes on for ever.
+fn endless_answer(external_reference: &str) -> Response {
+    let start = format!(r#"{{"externalReference":"{external_reference}","padding":""#);
+    let head =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(start)) });
+    let tail = futures_util::stream::repeat_with(|| Ok(Bytes::from_static(&[b'x'; 8192])));
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, ACCEPT)],
+        axum::body::Body::from_stream(futures_util::StreamExt::chain(head, tail)),
     )
         .into_response()
 }
