@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on};
@@ -35,7 +35,8 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let ingest = Router::new()
+    // The door reads its body itself, under `--max-body`, once the head has been checked.
+    Router::new()
         .route(
             "/ingest/kpn",
             on(
@@ -43,9 +44,6 @@ pub fn router(state: Arc<AppState>) -> Router {
                 destination::receive,
             ),
         )
-        .layer(DefaultBodyLimit::max(state.max_body));
-    Router::new()
-        .merge(ingest)
         .nest("/api/v1", crate::api::router())
         .route("/metrics", get(crate::metrics::render))
         .merge(crate::api::docs::router())

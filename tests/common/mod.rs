@@ -18,6 +18,7 @@ use things_receiver::token::Token;
 use tokio::sync::OnceCell;
 
 pub mod load;
+pub mod raw_tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_things-receiver");
 
