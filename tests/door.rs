@@ -116,3 +116,82 @@ async fn an_http2_flood_without_credentials_does_not_grow_memory() {
     assert_eq!(refused, STREAMS, "{answers:?}");
     assert!(growth_mib < 32, "peak RSS grew by {growth_mib} MiB");
 }
+
+#[tokio::test]
+async fn repeated_credential_headers_are_400_not_first_wins() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve(&[]);
+    let client = client();
+    let body = fixture("value-kinds.json");
+    let token = Token::sign(&body, SECRET.as_bytes()).to_hex();
+    let other = uuid::Uuid::new_v4().to_string();
+    for (name, first, second) in [
+        ("Things-Plug-UUID", plug.to_string(), other),
+        ("Things-Message-Token", token.clone(), "00".repeat(32)),
+    ] {
+        let mut request = client
+            .post(server.url("/ingest/kpn"))
+            .header("Content-Type", "application/json")
+            .body(body.clone());
+        for (n, v) in [
+            ("Things-Plug-UUID", plug.to_string()),
+            ("Things-Message-Token", token.clone()),
+        ] {
+            if n != name {
+                request = request.header(n, v);
+            }
+        }
+        let request = request.header(name, first).header(name, second);
+        let (status, json) = status_json(request.send().await.unwrap()).await;
+        assert_eq!(status, 400, "{name}: {json}");
+        assert_eq!(json["error"], "malformed_header");
+        assert!(json["detail"].as_str().unwrap().contains(name), "{json}");
+    }
+    let mut db = connect(&env.database_url).await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+}
+
+#[tokio::test]
+async fn a_required_header_value_given_with_spaces_still_matches() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &["--require-header", "device-type=  dragino-lds01 "]);
+    let listed = env.cli_ok(&["destinations", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed[0]["required_headers"]["device-type"],
+        "dragino-lds01"
+    );
+    let server = env.serve(&[]);
+    let client = client();
+    let body = fixture("value-kinds.json");
+    let token = Token::sign(&body, SECRET.as_bytes()).to_hex();
+    let response = deliver_with(
+        &client,
+        &server,
+        plug,
+        &token,
+        &body,
+        &[("device-type", "dragino-lds01")],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn pending_destinations_are_capped_with_a_clear_error() {
+    let env = Env::new().await;
+    for i in 0..things_receiver::ingest::secret_cache::MAX_PENDING {
+        env.cli_ok(&["destinations", "add", "--name", &format!("pending-{i}")]);
+    }
+    let refused = env.cli(&["destinations", "add", "--name", "one-too-many"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("already pending"), "{stderr}");
+    // With its plug a destination is not pending, and is accepted.
+    env.add_destination("bound", &[]);
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -120,10 +120,26 @@ async fn receive_inner(state: &AppState, request: Request) -> Result<Response, A
     Ok(response)
 }
 
+/// The one value of a required header. Twice is refused rather than "first wins": two
+/// values mean a proxy or client mixed up two requests, and no answer would be right for both.
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+    display: &'static str,
+) -> Result<&'a HeaderValue, AppError> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next().ok_or(AppError::MissingHeader(display))?;
+    if values.next().is_some() {
+        return Err(AppError::MalformedHeader {
+            name: display,
+            reason: "given more than once",
+        });
+    }
+    Ok(value)
+}
+
 fn plug_header(headers: &HeaderMap) -> Result<Uuid, AppError> {
-    let value = headers
-        .get(PLUG_HEADER)
-        .ok_or(AppError::MissingHeader("Things-Plug-UUID"))?;
+    let value = single(headers, PLUG_HEADER, "Things-Plug-UUID")?;
     value
         .to_str()
         .ok()
@@ -135,9 +151,7 @@ fn plug_header(headers: &HeaderMap) -> Result<Uuid, AppError> {
 }
 
 fn token_header(headers: &HeaderMap) -> Result<Token, AppError> {
-    let value = headers
-        .get(TOKEN_HEADER)
-        .ok_or(AppError::MissingHeader("Things-Message-Token"))?;
+    let value = single(headers, TOKEN_HEADER, "Things-Message-Token")?;
     value
         .to_str()
         .ok()
