@@ -4,12 +4,13 @@
 //! client that keeps presenting wrong keys (a misconfigured dashboard, a scanner) back off
 //! instead of hammering the service. Each address may present a wrong key [`MAX_FAILURES`]
 //! times per [`WINDOW`]; after that wrong keys from it get 429 with `Retry-After` until the
-//! window ends. Requests without a key are not counted (they cost no lookup), and a valid key
-//! always works: many clients can share one address (a NAT, a reverse proxy), and one
-//! misbehaving client must not lock the others out. Kept in memory per process: with several
+//! window ends, before any database lookup. Requests without a key are not counted (they
+//! cost no lookup), and a key that has worked before keeps working: many clients can share
+//! one address (a NAT, a reverse proxy), and one misbehaving client must not lock the others
+//! out. Kept in memory per process: with several
 //! replicas a client gets that many attempts per replica, which is still bounded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,9 +20,18 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Addresses tracked at most; past this, expired entries are swept before inserting.
 const MAX_TRACKED: usize = 100_000;
 
+/// Keys remembered as valid at most; past this the set starts again (they are only a way
+/// past the limit, never a substitute for the lookup).
+const MAX_KNOWN: usize = 10_000;
+
 #[derive(Default)]
 pub struct AuthLimiter {
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Hashes of keys that authenticated in this process. An address over the limit is
+    /// refused before any database lookup, except with one of these, so that a valid key
+    /// keeps working for the other clients behind the same address. The lookup still
+    /// decides (a revoked key fails and is forgotten).
+    known: Mutex<HashSet<[u8; 32]>>,
 }
 
 impl AuthLimiter {
@@ -50,6 +60,29 @@ impl AuthLimiter {
             *entry = (0, now);
         }
         entry.0 = entry.0.saturating_add(1);
+    }
+
+    /// Whether the key with this hash has authenticated before (and not failed since).
+    pub fn is_known(&self, hash: &[u8; 32]) -> bool {
+        self.known_keys().contains(hash)
+    }
+
+    pub fn succeeded(&self, hash: [u8; 32]) {
+        let mut known = self.known_keys();
+        if known.len() >= MAX_KNOWN && !known.contains(&hash) {
+            known.clear();
+        }
+        known.insert(hash);
+    }
+
+    pub fn forget(&self, hash: &[u8; 32]) {
+        self.known_keys().remove(hash);
+    }
+
+    fn known_keys(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
