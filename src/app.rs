@@ -3,16 +3,19 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on};
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
+use crate::api::auth::{ApiKey, Scope};
 use crate::ingest::destination;
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::secret_cache::SecretCache;
+use crate::readiness::Readiness;
 
 /// What every request handler can reach.
 pub struct AppState {
@@ -60,28 +63,58 @@ async fn healthz() -> &'static str {
 }
 
 /// Ready to take deliveries: the database answers and every migration is applied.
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let (bound, pending, version) = state.secrets.stats();
-    let database = crate::store::migrations_applied(&state.pool).await;
-    let (status, database) = match database {
-        Ok(true) => (StatusCode::OK, "ok".to_owned()),
-        Ok(false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "migrations pending".to_owned(),
-        ),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("unreachable: {e}")),
+///
+/// Without credentials the answer is the status alone; with a `read` API key (Bearer) it
+/// carries the details below. Every condition goes here: record its detail, and `fail` or
+/// `degrade` the readiness when it is not met.
+async fn readyz(State(state): State<Arc<AppState>>, mut parts: Parts) -> Response {
+    // A key that is given must be valid: a wrong one is 401 (and counted), not the status.
+    let detailed = if parts.headers.contains_key(AUTHORIZATION) {
+        match ApiKey::from_request_parts(&mut parts, &state)
+            .await
+            .and_then(|key| key.require(Scope::Read))
+        {
+            Ok(()) => true,
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        false
     };
-    let (spooled, spool_bytes) = state.pipeline.spool().depth();
-    let body = serde_json::json!({
-        "status": if status == StatusCode::OK { "ready" } else { "not ready" },
-        "database": database,
-        "destinations": {
+    let mut readiness = Readiness::default();
+
+    let database = match crate::store::migrations_applied(&state.pool).await {
+        Ok(true) => "ok".to_owned(),
+        Ok(false) => {
+            readiness.fail();
+            "migrations pending".to_owned()
+        }
+        Err(e) => {
+            readiness.fail();
+            format!("unreachable: {e}")
+        }
+    };
+    readiness.detail("database", database);
+
+    let (bound, pending, version) = state.secrets.stats();
+    readiness.detail(
+        "destinations",
+        serde_json::json!({
             "bound": bound,
             "pending": pending,
             "version": format!("{version:016x}"),
             "current": state.secrets.is_current(),
-        },
-        "spool": { "deliveries": spooled, "bytes": spool_bytes },
-    });
-    (status, axum::Json(body)).into_response()
+        }),
+    );
+
+    let (spooled, spool_bytes) = state.pipeline.spool().depth();
+    readiness.detail(
+        "spool",
+        serde_json::json!({ "deliveries": spooled, "bytes": spool_bytes }),
+    );
+
+    if detailed {
+        readiness.detailed()
+    } else {
+        readiness.public()
+    }
 }

@@ -129,6 +129,11 @@ pub struct ServeArgs {
     #[arg(long, env = "THINGS_MAX_SERIES_POINTS", default_value_t = crate::api::DEFAULT_MAX_SERIES_POINTS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_series_points: u64,
+    /// Also serve `/metrics` here, without an API key, over plain HTTP (e.g. 127.0.0.1:9100
+    /// or a private address for the scraper). On the main listener `/metrics` always needs a
+    /// `read` key.
+    #[arg(long, env = "THINGS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub kpn: KpnArgs,
     #[command(flatten)]

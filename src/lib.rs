@@ -14,6 +14,7 @@ pub mod hardening;
 pub mod ingest;
 pub mod kpn;
 pub mod metrics;
+pub mod readiness;
 pub mod secrets;
 pub mod senml;
 pub mod server;

@@ -760,6 +760,8 @@ async fn a_database_outage_is_spooled_and_replayed_without_loss_or_duplicates() 
     let plug = env.add_destination("d", &[]);
     let server = env.serve(&["--db-timeout", "1s", "--spool-after", "1s"]);
     let client = client();
+    // The status key must have worked once to be accepted while the database is away.
+    readyz(&client, &server).await;
     let mut admin = cut_off(&env).await;
 
     let body = fixture("value-kinds.json");
@@ -867,8 +869,11 @@ async fn metrics_count_outcomes_batches_and_failures() {
         401
     );
 
+    // The per-reason split needs a read key (the page is no longer open to loopback).
+    let key = env.api_key("scraper", "read");
     let text = client
         .get(server.url("/metrics"))
+        .bearer_auth(&key)
         .send()
         .await
         .unwrap()

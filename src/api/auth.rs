@@ -92,9 +92,16 @@ impl FromRequestParts<Arc<AppState>> for ApiKey {
         {
             limiter.check(address).map_err(AppError::TooManyAttempts)?;
         }
-        let scopes = crate::store::api_keys::authenticate(&state.pool, &hash).await?;
+        let scopes = match crate::store::api_keys::authenticate(&state.pool, &hash).await {
+            Ok(scopes) => scopes,
+            // The database cannot say; a key it accepted a moment ago is still good.
+            Err(e) => match limiter.recent_scopes(&hash) {
+                Some(scopes) => return Ok(ApiKey { scopes }),
+                None => return Err(e.into()),
+            },
+        };
         if let Some(scopes) = scopes {
-            limiter.succeeded(hash);
+            limiter.succeeded(hash, &scopes);
             return Ok(ApiKey { scopes });
         }
         // A wrong key: counted per client address; past the limit the answer says to wait.

@@ -10,7 +10,7 @@
 //! out. Kept in memory per process: with several
 //! replicas a client gets that many attempts per replica, which is still bounded.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,15 +23,22 @@ const MAX_TRACKED: usize = 100_000;
 /// Keys remembered as valid at most; past this the set starts again (they are only a way
 /// past the limit, never a substitute for the lookup).
 const MAX_KNOWN: usize = 10_000;
+/// Key hash -> its scopes and when it last authenticated.
+type KnownKeys = HashMap<[u8; 32], (Vec<String>, Instant)>;
+
+/// How long a key that authenticated stays usable while the database cannot be reached.
+pub const OUTAGE_GRACE: Duration = Duration::from_secs(600);
 
 #[derive(Default)]
 pub struct AuthLimiter {
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-    /// Hashes of keys that authenticated in this process. An address over the limit is
-    /// refused before any database lookup, except with one of these, so that a valid key
-    /// keeps working for the other clients behind the same address. The lookup still
-    /// decides (a revoked key fails and is forgotten).
-    known: Mutex<HashSet<[u8; 32]>>,
+    /// Keys (by hash) that authenticated in this process, with their scopes and when. An
+    /// address over the limit is refused before any database lookup, except with one of
+    /// these, so that a valid key keeps working for the other clients behind the same
+    /// address; the lookup still decides (a revoked key fails and is forgotten). While the
+    /// database cannot be reached, a key seen within [`OUTAGE_GRACE`] is taken at its word,
+    /// so that `/readyz` details and `/metrics` stay readable during an outage.
+    known: Mutex<KnownKeys>,
 }
 
 impl AuthLimiter {
@@ -64,22 +71,31 @@ impl AuthLimiter {
 
     /// Whether the key with this hash has authenticated before (and not failed since).
     pub fn is_known(&self, hash: &[u8; 32]) -> bool {
-        self.known_keys().contains(hash)
+        self.known_keys().contains_key(hash)
     }
 
-    pub fn succeeded(&self, hash: [u8; 32]) {
+    /// The scopes of a key that authenticated within [`OUTAGE_GRACE`], for when the
+    /// database cannot say.
+    pub fn recent_scopes(&self, hash: &[u8; 32]) -> Option<Vec<String>> {
+        self.known_keys()
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < OUTAGE_GRACE)
+            .map(|(scopes, _)| scopes.clone())
+    }
+
+    pub fn succeeded(&self, hash: [u8; 32], scopes: &[String]) {
         let mut known = self.known_keys();
-        if known.len() >= MAX_KNOWN && !known.contains(&hash) {
+        if known.len() >= MAX_KNOWN && !known.contains_key(&hash) {
             known.clear();
         }
-        known.insert(hash);
+        known.insert(hash, (scopes.to_vec(), Instant::now()));
     }
 
     pub fn forget(&self, hash: &[u8; 32]) {
         self.known_keys().remove(hash);
     }
 
-    fn known_keys(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+    fn known_keys(&self) -> std::sync::MutexGuard<'_, KnownKeys> {
         self.known
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
