@@ -9,6 +9,8 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on};
 use sqlx::PgPool;
+use tower::util::MapRequestLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::api::auth::{ApiKey, Scope};
@@ -16,6 +18,7 @@ use crate::ingest::destination;
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::secret_cache::SecretCache;
 use crate::readiness::Readiness;
+use crate::request_id;
 
 /// What every request handler can reach.
 pub struct AppState {
@@ -52,7 +55,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::api::docs::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .layer(TraceLayer::new_for_http())
+        // Outermost last: an unusable incoming id is dropped, an id set (kept or made), the
+        // answer given the same id, and the request traced in a span that names it.
+        .layer(TraceLayer::new_for_http().make_span_with(request_id::span))
+        .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
+        .layer(SetRequestIdLayer::new(
+            request_id::X_REQUEST_ID,
+            MakeRequestUuid,
+        ))
+        .layer(MapRequestLayer::new(request_id::drop_unusable))
         .with_state(state)
 }
 

@@ -19,8 +19,18 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(flatten)]
     pub db: DbArgs,
+    /// Log lines on stderr: `text` for people (coloured only on a terminal, and not with
+    /// NO_COLOR set), `json` (one object per line) for log shippers.
+    #[arg(long, global = true, env = "THINGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where the data lives; shared by every command so that the CLI and `serve` always agree.
