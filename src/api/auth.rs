@@ -85,12 +85,13 @@ impl FromRequestParts<Arc<AppState>> for ApiKey {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
         let limiter = &state.api.auth_limiter;
-        // An address over the limit costs no lookup, unless it presents a key that worked
-        // before (clients behind one NAT or proxy share an address).
+        // An address over the limit costs no lookup per key, but a valid key still works
+        // (clients behind one NAT or proxy share an address).
         if let Some(address) = address
-            && !limiter.is_known(&hash)
+            && let Err(wait) = limiter.check(address)
+            && !limiter.may_be_valid(&hash, &state.pool).await
         {
-            limiter.check(address).map_err(AppError::TooManyAttempts)?;
+            return Err(AppError::TooManyAttempts(wait));
         }
         let scopes = match crate::store::api_keys::authenticate(&state.pool, &hash).await {
             Ok(scopes) => scopes,

@@ -4,13 +4,12 @@
 //! client that keeps presenting wrong keys (a misconfigured dashboard, a scanner) back off
 //! instead of hammering the service. Each address may present a wrong key [`MAX_FAILURES`]
 //! times per [`WINDOW`]; after that wrong keys from it get 429 with `Retry-After` until the
-//! window ends, before any database lookup. Requests without a key are not counted (they
-//! cost no lookup), and a key that has worked before keeps working: many clients can share
-//! one address (a NAT, a reverse proxy), and one misbehaving client must not lock the others
-//! out. Kept in memory per process: with several
+//! window ends, without a database lookup per key. Requests without a key are not counted
+//! (they cost no lookup), and a valid key keeps working: many clients can share one address
+//! (a NAT, a reverse proxy), and one misbehaving client must not lock the others out. Kept in memory per process: with several
 //! replicas a client gets that many attempts per replica, which is still bounded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -39,6 +38,11 @@ pub struct AuthLimiter {
     /// database cannot be reached, a key seen within [`OUTAGE_GRACE`] is taken at its word,
     /// so that `/readyz` details and `/metrics` stay readable during an outage.
     known: Mutex<KnownKeys>,
+    /// Every live key's hash as the database last listed them (and when), read at most once
+    /// per [`WINDOW`], only for addresses over the limit: a valid key that has not been used
+    /// in this process yet still gets through, while wrong keys cost no lookup each.
+    live: Mutex<(HashSet<[u8; 32]>, Option<Instant>)>,
+    relisting: tokio::sync::Mutex<()>,
 }
 
 impl AuthLimiter {
@@ -69,9 +73,38 @@ impl AuthLimiter {
         entry.0 = entry.0.saturating_add(1);
     }
 
-    /// Whether the key with this hash has authenticated before (and not failed since).
-    pub fn is_known(&self, hash: &[u8; 32]) -> bool {
-        self.known_keys().contains_key(hash)
+    /// Whether the key with this hash is worth a lookup although its address is over the
+    /// limit: it authenticated here before, or it was live when the keys were last listed
+    /// (listed again when that is older than [`WINDOW`]; one query for all keys tried).
+    pub async fn may_be_valid(&self, hash: &[u8; 32], pool: &sqlx::PgPool) -> bool {
+        if self.known_keys().contains_key(hash) {
+            return true;
+        }
+        let stale = |live: &(HashSet<[u8; 32]>, Option<Instant>)| {
+            live.1.is_none_or(|at| at.elapsed() >= WINDOW)
+        };
+        if stale(&self.live_keys())
+            && let Ok(_one_at_a_time) = self.relisting.try_lock()
+            && stale(&self.live_keys())
+        {
+            match crate::store::api_keys::live_hashes(pool).await {
+                Ok(hashes) => {
+                    let hashes = hashes
+                        .into_iter()
+                        .filter_map(|h| <[u8; 32]>::try_from(h).ok())
+                        .collect();
+                    *self.live_keys() = (hashes, Some(Instant::now()));
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot list live API keys"),
+            }
+        }
+        self.live_keys().0.contains(hash)
+    }
+
+    fn live_keys(&self) -> std::sync::MutexGuard<'_, (HashSet<[u8; 32]>, Option<Instant>)> {
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The scopes of a key that authenticated within [`OUTAGE_GRACE`], for when the
