@@ -52,7 +52,6 @@ fn count(result: Result<Response, AppError>) -> Result<Response, AppError> {
 struct Outcome(&'static str);
 
 async fn receive_inner(state: &AppState, request: Request) -> Result<Response, AppError> {
-    let received_at = Utc::now();
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
     // Size first: a declared length over the limit is refused whatever else is wrong.
@@ -62,6 +61,8 @@ async fn receive_inner(state: &AppState, request: Request) -> Result<Response, A
     let plug = plug_header(&headers)?;
     let token = token_header(&headers)?;
     let body = read_body(body, state.max_body).await?;
+    // Received once the whole body is in, as before the door read it itself.
+    let received_at = Utc::now();
 
     let digest = BodyDigest::new(&body);
     let verified = state
