@@ -3,16 +3,22 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on};
 use sqlx::PgPool;
+use tower::util::MapRequestLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::api::auth::{ApiKey, Scope};
 use crate::ingest::destination;
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::secret_cache::SecretCache;
+use crate::readiness::Readiness;
+use crate::request_id;
 
 /// What every request handler can reach.
 pub struct AppState {
@@ -37,7 +43,8 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let ingest = Router::new()
+    // The door reads its body itself, under `--max-body`, once the head has been checked.
+    Router::new()
         .route(
             "/ingest/kpn",
             on(
@@ -45,15 +52,20 @@ pub fn router(state: Arc<AppState>) -> Router {
                 destination::receive,
             ),
         )
-        .layer(DefaultBodyLimit::max(state.max_body));
-    Router::new()
-        .merge(ingest)
         .nest("/api/v1", crate::api::router())
         .route("/metrics", get(crate::metrics::render))
         .merge(crate::api::docs::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .layer(TraceLayer::new_for_http())
+        // Outermost last: an unusable incoming id is dropped, an id set (kept or made), the
+        // answer given the same id, and the request traced in a span that names it.
+        .layer(TraceLayer::new_for_http().make_span_with(request_id::span))
+        .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
+        .layer(SetRequestIdLayer::new(
+            request_id::X_REQUEST_ID,
+            MakeRequestUuid,
+        ))
+        .layer(MapRequestLayer::new(request_id::drop_unusable))
         .with_state(state)
 }
 
@@ -66,35 +78,69 @@ async fn healthz() -> &'static str {
 /// Ready to take deliveries: the database answers and every migration is applied, or the
 /// database is unreachable but the spool still takes deliveries ("degraded: spooling", still
 /// 200: a load balancer must not pull a replica that still stores).
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let (bound, pending, version) = state.secrets.stats();
-    let database = crate::store::migrations_applied(&state.pool).await;
-    let spooling = database.is_err() && state.pipeline.spool().accepting();
-    let (status, database) = match database {
-        Ok(true) => (StatusCode::OK, "ok".to_owned()),
-        Ok(false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "migrations pending".to_owned(),
-        ),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("unreachable: {e}")),
+///
+/// Without credentials the answer is the status alone; with a `read` API key (Bearer) it
+/// carries the details below. Every condition goes here: record its detail, and `fail` or
+/// `degrade` the readiness when it is not met.
+async fn readyz(State(state): State<Arc<AppState>>, mut parts: Parts) -> Response {
+    // A key that is given must be valid: a wrong one is 401 (and counted), not the status.
+    let detailed = if parts.headers.contains_key(AUTHORIZATION) {
+        match ApiKey::from_request_parts(&mut parts, &state)
+            .await
+            .and_then(|key| key.require(Scope::Read))
+        {
+            Ok(()) => true,
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        false
     };
-    let (spooled, spool_bytes) = state.pipeline.spool().depth();
-    let body = serde_json::json!({
-        "status": match (status, spooling) {
-            (StatusCode::OK, _) => "ready",
-            (_, true) => "degraded: spooling",
-            _ => "not ready",
-        },
-        "database": database,
-        "destinations": {
+    let mut readiness = Readiness::default();
+
+    let database = match crate::store::migrations_applied(&state.pool).await {
+        Ok(true) => "ok".to_owned(),
+        Ok(false) => {
+            readiness.fail();
+            "migrations pending".to_owned()
+        }
+        Err(e) => {
+            if state.pipeline.spool().accepting() {
+                readiness.degrade("spooling");
+            } else {
+                readiness.fail();
+            }
+            format!("unreachable: {e}")
+        }
+    };
+    readiness.detail("database", database);
+
+    let (bound, pending, version) = state.secrets.stats();
+    readiness.detail(
+        "destinations",
+        serde_json::json!({
             "bound": bound,
             "pending": pending,
             "version": format!("{version:016x}"),
             "current": state.secrets.is_current(),
-        },
-        "spool": { "deliveries": spooled, "bytes": spool_bytes },
-        "downlink_worker": state.downlink_worker.as_ref().map(|w| w.report()),
-    });
-    let status = if spooling { StatusCode::OK } else { status };
-    (status, axum::Json(body)).into_response()
+        }),
+    );
+
+    let (spooled, spool_bytes) = state.pipeline.spool().depth();
+    readiness.detail(
+        "spool",
+        serde_json::json!({ "deliveries": spooled, "bytes": spool_bytes }),
+    );
+
+    // Reported, not a condition: ingestion does not depend on the downlink worker.
+    readiness.detail(
+        "downlink_worker",
+        serde_json::to_value(state.downlink_worker.as_ref().map(|w| w.report()))
+            .unwrap_or_default(),
+    );
+
+    if detailed {
+        readiness.detailed()
+    } else {
+        readiness.public()
+    }
 }

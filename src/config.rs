@@ -19,8 +19,18 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(flatten)]
     pub db: DbArgs,
+    /// Log lines on stderr: `text` for people (coloured only on a terminal, and not with
+    /// NO_COLOR set), `json` (one object per line) for log shippers.
+    #[arg(long, global = true, env = "THINGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where the data lives; shared by every command so that the CLI and `serve` always agree.
@@ -129,6 +139,11 @@ pub struct ServeArgs {
     #[arg(long, env = "THINGS_MAX_SERIES_POINTS", default_value_t = crate::api::DEFAULT_MAX_SERIES_POINTS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_series_points: u64,
+    /// Also serve `/metrics` here, without an API key, over plain HTTP (e.g. 127.0.0.1:9100
+    /// or a private address for the scraper). On the main listener `/metrics` always needs a
+    /// `read` key.
+    #[arg(long, env = "THINGS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub kpn: KpnArgs,
     #[command(flatten)]

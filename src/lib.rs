@@ -14,6 +14,8 @@ pub mod hardening;
 pub mod ingest;
 pub mod kpn;
 pub mod metrics;
+pub mod readiness;
+pub mod request_id;
 pub mod secrets;
 pub mod senml;
 pub mod server;

@@ -3,19 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use things_receiver::config::{Cli, Command};
+use things_receiver::config::{Cli, Command, LogFormat};
 use things_receiver::{cli, server, tls};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("THINGS_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(args.log_format);
     tls::install_default_provider();
 
     let runtime = match tokio::runtime::Runtime::new() {
@@ -45,4 +39,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr, filtered by `THINGS_LOG`.
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_env("THINGS_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(colour()).init(),
+    }
+}
+
+/// Colour codes only for a person at a terminal who has not asked for none
+/// (<https://no-color.org>): in a file, a pipe or a journal they are noise.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -123,6 +123,12 @@ async fn serve_with(
         key: key.clone(),
         api: api.clone(),
     });
+    let metrics_bound = match args.metrics_listen {
+        Some(addr) => {
+            Some(crate::metrics::spawn_listener(addr, state.clone(), shutdown.clone()).await?)
+        }
+        None => None,
+    };
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
 
     let handle: Handle<SocketAddr> = Handle::new();
@@ -173,6 +179,7 @@ async fn serve_with(
         db_args,
         key.origin(),
         &secrets,
+        metrics_bound,
     );
 
     wait_for_signal().await;
@@ -363,6 +370,8 @@ fn tls_config(db_args: &DbArgs, args: &ServeArgs) -> anyhow::Result<TlsSetup> {
     })
 }
 
+// Everything the banner names comes from a different part of the start.
+#[allow(clippy::too_many_arguments)]
 fn print_banner(
     bound: SocketAddr,
     args: &ServeArgs,
@@ -371,6 +380,7 @@ fn print_banner(
     db_args: &DbArgs,
     key_origin: &str,
     secrets: &SecretCache,
+    metrics: Option<SocketAddr>,
 ) {
     let scheme = if args.plain_http { "http" } else { "https" };
     let host = if bound.ip().is_unspecified() {
@@ -389,6 +399,10 @@ fn print_banner(
         format!("  ingest:      POST {scheme}://{host}:{port}/ingest/kpn"),
         format!("  api:         {scheme}://{host}:{port}/api/v1/measurements"),
         format!("  health:      {scheme}://{host}:{port}/healthz, /readyz"),
+        match metrics {
+            Some(addr) => format!("  metrics:     http://{addr}/metrics (no key: keep it private)"),
+            None => format!("  metrics:     {scheme}://{host}:{port}/metrics (read key)"),
+        },
         format!("  database:    {}", database.description()),
         format!(
             "  secret key:  {key_origin} (keep it: without it stored secrets cannot be opened)"

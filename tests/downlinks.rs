@@ -28,7 +28,7 @@ fn serve_kpn(env: &Env, fake: &FakeKpn, extra: &[&str]) -> Server {
     let mut cmd = env.command();
     cmd.env("KPN_CLIENT_ID", CLIENT_ID)
         .env("KPN_CLIENT_SECRET", CLIENT_SECRET);
-    serve_cmd(cmd, fake, extra)
+    env.with_status_key(serve_cmd(cmd, fake, extra))
 }
 
 fn serve_cmd(mut cmd: std::process::Command, fake: &FakeKpn, extra: &[&str]) -> Server {
@@ -147,7 +147,7 @@ async fn many_downlinks_share_one_token_and_reach_kpn_exactly_as_asked() {
 
     // Queued while no process can send: the first worker takes them all in one batch and
     // sends them at once, so they all need the first token at the same moment.
-    let server = serve_cmd(env.command(), &fake, &[]);
+    let server = env.with_status_key(serve_cmd(env.command(), &fake, &[]));
     make_device_known(&env, &server, &client).await;
     let mut asked = HashMap::new();
     for i in 0..10u16 {
@@ -531,7 +531,7 @@ async fn bad_requests_get_clear_errors_and_send_nothing() {
     let client = client();
 
     // Without credentials the service runs and says what to configure.
-    let plain = serve_cmd(env.command(), &fake, &[]);
+    let plain = env.with_status_key(serve_cmd(env.command(), &fake, &[]));
     let (status, body) = post_downlink(
         &client,
         &plain,
@@ -747,7 +747,7 @@ async fn a_sub_customer_gets_a_context_switch_and_its_client_id() {
     )
     .unwrap();
     let file = file.to_str().unwrap().to_owned();
-    let server = serve_cmd(
+    let server = env.with_status_key(serve_cmd(
         env.command(),
         &fake,
         &[
@@ -756,7 +756,7 @@ async fn a_sub_customer_gets_a_context_switch_and_its_client_id() {
             "--kpn-sub-customer",
             "sub-customer-42",
         ],
-    );
+    ));
     make_device_known(&env, &server, &client).await;
 
     let a = queue(&client, &server, &key, 2, "01").await;
@@ -783,7 +783,7 @@ async fn wrong_credentials_fail_downlinks_with_the_reason_and_never_show_the_sec
     let mut cmd = env.command();
     cmd.env("KPN_CLIENT_ID", CLIENT_ID)
         .env("KPN_CLIENT_SECRET", wrong_secret);
-    let server = serve_cmd(cmd, &fake, &["--downlink-max-attempts", "2"]);
+    let server = env.with_status_key(serve_cmd(cmd, &fake, &["--downlink-max-attempts", "2"]));
     make_device_known(&env, &server, &client).await;
 
     let id = queue(&client, &server, &key, 2, "00").await;

@@ -165,6 +165,8 @@ async fn stopping_postgres_mid_load_loses_nothing_after_replay() {
     let plug = env.add_destination("d", &[]);
     let server = env.serve(&["--db-timeout", "1s", "--spool-after", "500ms"]);
     let client = client();
+    // The status key must have worked once to be accepted while the database is away.
+    readyz(&client, &server).await;
 
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let stopper = tokio::spawn(async move {

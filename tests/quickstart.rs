@@ -94,6 +94,7 @@ async fn zero_config_serve_runs_on_embedded_postgres_and_cleans_up() {
     let key = run_ok(bin(dir).args(["api-keys", "create", "--name", "dash", "--scope", "read"]));
     let key = key.trim();
     let client = client();
+    server.set_status_key(key);
     wait_ready(&client, &server, |j| j["destinations"]["bound"] == 1).await;
 
     // `send` signs exactly as KPN does; the dev certificate needs --insecure.

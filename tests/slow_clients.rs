@@ -3,14 +3,12 @@
 //! others, and long answers that are being read, go on.
 
 mod common;
-#[path = "common/raw_tls.rs"]
-mod raw_tls;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use common::raw_tls::*;
 use common::*;
-use raw_tls::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]

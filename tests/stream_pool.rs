@@ -3,13 +3,11 @@
 //! must not hold one for ever.
 
 mod common;
-#[path = "common/raw_tls.rs"]
-mod raw_tls;
 
 use std::time::{Duration, Instant};
 
+use common::raw_tls::*;
 use common::*;
-use raw_tls::*;
 use tokio::io::AsyncWriteExt;
 
 /// Rows exported: far more than socket buffers, hyper's buffer and the export channel hold
@@ -71,7 +69,7 @@ async fn exports_whose_clients_stop_reading_leave_ingestion_its_connections() {
         )
         .await
         .unwrap();
-        let head = read_head(&mut tls).await;
+        let head = read_head(&mut tls, Duration::from_secs(10)).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         stalled.push(tls);
     }

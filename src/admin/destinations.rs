@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{AdminError, conflict_or};
+use crate::ingest::secret_cache::MAX_PENDING;
 use crate::secrets::{SecretKey, check_secret, generate_secret};
 use crate::store::destinations::{self, DestinationRow, NewDestination};
 
@@ -96,6 +97,8 @@ pub async fn add(
                 "{header:?} is not a valid header name"
             )));
         }
+        // HTTP strips the spaces around a received value, so a stored one must not keep them.
+        let value = value.trim().to_owned();
         if http::HeaderValue::from_str(&value).is_err() {
             return Err(AdminError::Invalid(format!(
                 "the value of {header} is not a valid header value"
@@ -107,6 +110,9 @@ pub async fn add(
         return Err(AdminError::Invalid(
             "the response code must be a 2xx status".into(),
         ));
+    }
+    if request.plug.is_none() {
+        refuse_too_many_pending(pool).await?;
     }
     let (secret, secret_generated) = choose_secret(request.secret)?;
     let id = Uuid::new_v4();
@@ -127,6 +133,23 @@ pub async fn add(
         destination: row.into(),
         secret: secret_generated.then_some(secret),
     })
+}
+
+/// An unknown plug is tried against at most [`MAX_PENDING`] pending destinations (so that
+/// its cost does not depend on how many there are): one more could never be bound.
+async fn refuse_too_many_pending(pool: &PgPool) -> Result<(), AdminError> {
+    let pending = destinations::list_active(pool)
+        .await?
+        .iter()
+        .filter(|row| row.plug.is_none())
+        .count();
+    if pending >= MAX_PENDING {
+        return Err(AdminError::Invalid(format!(
+            "{pending} destinations are already pending (at most {MAX_PENDING}): give the plug \
+             UUID, or let one receive its first delivery"
+        )));
+    }
+    Ok(())
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<DestinationInfo>, AdminError> {

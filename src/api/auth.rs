@@ -40,6 +40,14 @@ pub fn key_hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// The key of an `Authorization: Bearer KEY` value; the scheme is case-insensitive
+/// (RFC 9110, section 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, key) = value.trim_start().split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
+}
+
 /// A request carrying a live API key.
 pub struct ApiKey {
     scopes: Vec<String>,
@@ -68,28 +76,55 @@ impl FromRequestParts<Arc<AppState>> for ApiKey {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
+            .and_then(bearer)
             // No key is no guess: it costs nothing and is not counted.
             .ok_or(AppError::Unauthenticated)?;
-        let scopes = crate::store::api_keys::authenticate(&state.pool, &key_hash(key)).await?;
-        if let Some(scopes) = scopes {
-            return Ok(ApiKey { scopes });
-        }
-        // A wrong key: counted per client address; past the limit the answer says to wait.
+        let hash = key_hash(key);
         let address = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
+        let limiter = &state.api.auth_limiter;
+        // An address over the limit costs no lookup per key, but a valid key still works
+        // (clients behind one NAT or proxy share an address).
+        if let Some(address) = address
+            && let Err(wait) = limiter.check(address)
+            && !limiter.may_be_valid(&hash, &state.pool).await
+        {
+            return Err(AppError::TooManyAttempts(wait));
+        }
+        let scopes = match crate::store::api_keys::authenticate(&state.pool, &hash).await {
+            Ok(scopes) => scopes,
+            // The database cannot say; a key it accepted a moment ago is still good.
+            Err(e) => match limiter.recent_scopes(&hash) {
+                Some(scopes) => return Ok(ApiKey { scopes }),
+                None => return Err(e.into()),
+            },
+        };
+        if let Some(scopes) = scopes {
+            limiter.succeeded(hash, &scopes);
+            return Ok(ApiKey { scopes });
+        }
+        // A wrong key: counted per client address; past the limit the answer says to wait.
+        limiter.forget(&hash);
         if let Some(address) = address {
-            let limiter = &state.api.auth_limiter;
-            limiter.check(address).map_err(AppError::TooManyAttempts)?;
             limiter.failed(address);
         }
         Err(AppError::Unauthenticated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer k1", "bearer k1", "BEARER k1", "bEaReR   k1 "] {
+            assert_eq!(bearer(value), Some("k1"), "{value:?}");
+        }
+        for value in ["Basic k1", "Bearer", "Bearer ", "Bearerk1", "k1"] {
+            assert_eq!(bearer(value), None, "{value:?}");
+        }
     }
 }

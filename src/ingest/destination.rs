@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -22,16 +22,16 @@ pub const PLUG_HEADER: &str = "things-plug-uuid";
 pub const TOKEN_HEADER: &str = "things-message-token";
 const DOOR: &str = "destination";
 
-pub async fn receive(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+/// Everything that can be refused is refused from the request head, before a byte of the
+/// body is read: a flood of bodies without credentials then costs no memory, and a client
+/// that sends `Expect: 100-continue` gets its refusal instead of `100 Continue` (hyper sends
+/// that only when the body is first polled).
+pub async fn receive(State(state): State<Arc<AppState>>, request: Request) -> Response {
     // Bounded concurrency: past the limit, answer at once instead of queueing without end.
     let Ok(_permit) = state.ingest_slots.try_acquire() else {
         return count(Err(AppError::Overloaded)).into_response();
     };
-    count(receive_inner(&state, headers, body).await).into_response()
+    count(receive_inner(&state, request).await).into_response()
 }
 
 /// Records the outcome by door; the metric names are the project's, stable for dashboards.
@@ -51,21 +51,18 @@ fn count(result: Result<Response, AppError>) -> Result<Response, AppError> {
 #[derive(Clone, Copy)]
 struct Outcome(&'static str);
 
-async fn receive_inner(
-    state: &AppState,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, AppError> {
-    let received_at = Utc::now();
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::PayloadTooLarge(state.max_body)
-        } else {
-            AppError::BadBody
-        }
-    })?;
+async fn receive_inner(state: &AppState, request: Request) -> Result<Response, AppError> {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    // Size first: a declared length over the limit is refused whatever else is wrong.
+    if declared_length(&headers).is_some_and(|length| length > state.max_body as u64) {
+        return Err(AppError::PayloadTooLarge(state.max_body));
+    }
     let plug = plug_header(&headers)?;
     let token = token_header(&headers)?;
+    let body = read_body(body, state.max_body).await?;
+    // Received once the whole body is in, as before the door read it itself.
+    let received_at = Utc::now();
 
     let digest = BodyDigest::new(&body);
     let verified = state
@@ -124,10 +121,26 @@ async fn receive_inner(
     Ok(response)
 }
 
+/// The one value of a required header. Twice is refused rather than "first wins": two
+/// values mean a proxy or client mixed up two requests, and no answer would be right for both.
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+    display: &'static str,
+) -> Result<&'a HeaderValue, AppError> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next().ok_or(AppError::MissingHeader(display))?;
+    if values.next().is_some() {
+        return Err(AppError::MalformedHeader {
+            name: display,
+            reason: "given more than once",
+        });
+    }
+    Ok(value)
+}
+
 fn plug_header(headers: &HeaderMap) -> Result<Uuid, AppError> {
-    let value = headers
-        .get(PLUG_HEADER)
-        .ok_or(AppError::MissingHeader("Things-Plug-UUID"))?;
+    let value = single(headers, PLUG_HEADER, "Things-Plug-UUID")?;
     value
         .to_str()
         .ok()
@@ -139,9 +152,7 @@ fn plug_header(headers: &HeaderMap) -> Result<Uuid, AppError> {
 }
 
 fn token_header(headers: &HeaderMap) -> Result<Token, AppError> {
-    let value = headers
-        .get(TOKEN_HEADER)
-        .ok_or(AppError::MissingHeader("Things-Message-Token"))?;
+    let value = single(headers, TOKEN_HEADER, "Things-Message-Token")?;
     value
         .to_str()
         .ok()
@@ -150,4 +161,26 @@ fn token_header(headers: &HeaderMap) -> Result<Token, AppError> {
             name: "Things-Message-Token",
             reason: "expected 64 hexadecimal characters",
         })
+}
+
+/// The `Content-Length` the client declared, if any. An unparsable one is left to hyper,
+/// which refuses it before we are called.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Reads the whole body, refusing it as soon as it grows past `limit` (a body without a
+/// declared length, or HTTP/2 DATA frames beyond it).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, AppError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(AppError::PayloadTooLarge(limit)),
+        Err(_) => Err(AppError::BadBody),
+    }
 }

@@ -28,6 +28,9 @@ const TRANSPORT: &[&str] = &[
     "expect",
     "things-plug-uuid",
     "things-message-token",
+    // Set on every request (kept from a proxy or made here): it names the request in the
+    // logs, not the delivery.
+    "x-request-id",
 ];
 
 /// Parts of a header name that suggest it carries a credential.

@@ -24,6 +24,16 @@ use crate::store::destinations::{self, DestinationRow};
 use crate::token::{BodyDigest, Token};
 
 const CHANNEL: &str = "things_destinations_changed";
+
+/// Pending destinations an unknown plug is tried against, at most. Every verification,
+/// known plug or not, costs the finishes of this many candidates, so the number of pending
+/// destinations cannot be read from the timing; `destinations add` refuses a pending
+/// destination beyond it.
+pub const MAX_PENDING: usize = 8;
+/// Finishes one candidate destination costs: its current and its previous (or a decoy) secret.
+const FINISHES_PER_CANDIDATE: usize = 2;
+/// Finishes every verification costs, whatever it finds.
+const FINISHES: usize = FINISHES_PER_CANDIDATE * MAX_PENDING;
 const FALLBACK_RELOAD: Duration = Duration::from_secs(60);
 
 /// A destination as the ingest path needs it: secrets opened, headers parsed.
@@ -39,11 +49,11 @@ pub struct Destination {
 
 impl Destination {
     /// Whether `token` signs the body under the current secret, or the previous one while its
-    /// overlap lasts. Both are always computed so timing does not reveal which one matched.
+    /// overlap lasts. Always exactly [`FINISHES_PER_CANDIDATE`] finishes (a decoy stands in
+    /// for a missing previous secret), so that a rotation in progress does not change the
+    /// timing either.
     fn verify(&self, digest: &BodyDigest, token: &Token, now: DateTime<Utc>) -> bool {
         let current = digest.verify(&self.current, token);
-        // Always two finishes (the decoy stands in for a missing previous secret), so that
-        // a rotation in progress does not change the timing either.
         let previous = match &self.previous {
             Some((secret, until)) => digest.verify(secret, token) && now < *until,
             None => {
@@ -95,6 +105,50 @@ struct Snapshot {
     /// Changes whenever the set of destinations or their secrets change; shown on `/readyz`
     /// so operators (and tests) can see that a change has reached this process.
     version: u64,
+}
+
+impl Snapshot {
+    /// Tries the plug's own destination, or else up to [`MAX_PENDING`] pending ones, then
+    /// pads with decoys to exactly [`FINISHES`] finishes: a known plug, an unknown one and
+    /// any number of pending destinations all cost the same.
+    fn verify(
+        &self,
+        plug: Uuid,
+        digest: &BodyDigest,
+        token: &Token,
+        now: DateTime<Utc>,
+    ) -> Result<Verified, VerifyFailure> {
+        let mut candidates = 0;
+        let result = if let Some(destination) = self.by_plug.get(&plug) {
+            candidates = 1;
+            if destination.verify(digest, token, now) {
+                Ok(Verified {
+                    destination: destination.clone(),
+                    bind_plug: None,
+                })
+            } else {
+                Err(VerifyFailure::WrongToken)
+            }
+        } else {
+            let mut found = None;
+            for destination in self.pending.iter().take(MAX_PENDING) {
+                candidates += 1;
+                if destination.verify(digest, token, now) && found.is_none() {
+                    found = Some(destination.clone());
+                }
+            }
+            found
+                .map(|destination| Verified {
+                    destination,
+                    bind_plug: Some(plug),
+                })
+                .ok_or(VerifyFailure::UnknownPlug)
+        };
+        for _ in candidates * FINISHES_PER_CANDIDATE..FINISHES {
+            std::hint::black_box(digest.verify(DECOY_SECRET, token));
+        }
+        result
+    }
 }
 
 pub struct SecretCache {
@@ -161,6 +215,13 @@ impl SecretCache {
                 None => snapshot.pending.push(destination),
             }
         }
+        if snapshot.pending.len() > MAX_PENDING {
+            tracing::warn!(
+                pending = snapshot.pending.len(),
+                tried = MAX_PENDING,
+                "more pending destinations than are tried; the newest wait until older ones are bound"
+            );
+        }
         snapshot.version = version.finish();
         *self
             .snapshot
@@ -187,7 +248,9 @@ impl SecretCache {
             .0
             .iter()
             .filter_map(|(name, value)| {
-                Some((HeaderName::from_bytes(name.as_bytes()).ok()?, value.clone()))
+                // Trimmed like the value received, which HTTP strips of surrounding spaces.
+                let value = value.trim().to_owned();
+                Some((HeaderName::from_bytes(name.as_bytes()).ok()?, value))
             })
             .collect();
         Some(Destination {
@@ -202,44 +265,15 @@ impl SecretCache {
     }
 
     /// Finds the destination whose secret signed this body. For a known plug only its own
-    /// secrets are tried; for an unknown plug, the secrets of pending destinations (or a decoy,
-    /// so that the work done is the same).
+    /// secrets are tried; for an unknown plug, the secrets of pending destinations. Either
+    /// way the work done is the same (see [`Snapshot::verify`]).
     pub fn verify(
         &self,
         plug: Uuid,
         digest: &BodyDigest,
         token: &Token,
     ) -> Result<Verified, VerifyFailure> {
-        let snapshot = self.snapshot();
-        let now = Utc::now();
-        if let Some(destination) = snapshot.by_plug.get(&plug) {
-            return if destination.verify(digest, token, now) {
-                Ok(Verified {
-                    destination: destination.clone(),
-                    bind_plug: None,
-                })
-            } else {
-                Err(VerifyFailure::WrongToken)
-            };
-        }
-        if snapshot.pending.is_empty() {
-            // The same two finishes a known destination costs.
-            std::hint::black_box(digest.verify(DECOY_SECRET, token));
-            std::hint::black_box(digest.verify(DECOY_SECRET, token));
-            return Err(VerifyFailure::UnknownPlug);
-        }
-        let mut found = None;
-        for destination in &snapshot.pending {
-            if destination.verify(digest, token, now) && found.is_none() {
-                found = Some(destination.clone());
-            }
-        }
-        found
-            .map(|destination| Verified {
-                destination,
-                bind_plug: Some(plug),
-            })
-            .ok_or(VerifyFailure::UnknownPlug)
+        self.snapshot().verify(plug, digest, token, Utc::now())
     }
 
     /// Whether the cache is known to match the database: false while the change listener is
@@ -293,5 +327,79 @@ impl SecretCache {
                 Ok(Err(e)) => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn destination(plug: Option<Uuid>, secret: &[u8]) -> Arc<Destination> {
+        Arc::new(Destination {
+            id: Uuid::new_v4(),
+            plug,
+            name: "d".into(),
+            response_code: StatusCode::OK,
+            current: secret.to_vec(),
+            previous: None,
+            required_headers: Vec::new(),
+        })
+    }
+
+    fn snapshot(known: &[(Uuid, &[u8])], pending: &[&[u8]]) -> Snapshot {
+        Snapshot {
+            by_plug: known
+                .iter()
+                .map(|(plug, secret)| (*plug, destination(Some(*plug), secret)))
+                .collect(),
+            pending: pending.iter().map(|s| destination(None, s)).collect(),
+            version: 0,
+        }
+    }
+
+    /// Finishes one verification of `body` signed with `signer` for `plug` costs.
+    fn cost(snapshot: &Snapshot, plug: Uuid, signer: &[u8]) -> (usize, bool) {
+        let body = b"[{\"n\":\"t\",\"v\":1}]";
+        let digest = BodyDigest::new(body);
+        let token = Token::sign(body, signer);
+        let ok = snapshot.verify(plug, &digest, &token, Utc::now()).is_ok();
+        (digest.finishes(), ok)
+    }
+
+    #[test]
+    fn every_path_costs_the_same_number_of_finishes() {
+        let known = Uuid::new_v4();
+        let unknown = Uuid::new_v4();
+        let secrets: Vec<Vec<u8>> = (0..MAX_PENDING + 3)
+            .map(|i| format!("pending secret number {i}").into_bytes())
+            .collect();
+        for pending in [0, 1, 3, MAX_PENDING, MAX_PENDING + 3] {
+            let pending: Vec<&[u8]> = secrets[..pending].iter().map(Vec::as_slice).collect();
+            let s = snapshot(&[(known, b"known secret")], &pending);
+            assert_eq!(cost(&s, known, b"known secret"), (FINISHES, true));
+            assert_eq!(cost(&s, known, b"wrong secret"), (FINISHES, false));
+            assert_eq!(cost(&s, unknown, b"wrong secret"), (FINISHES, false));
+            if let Some(last) = pending.get(pending.len().min(MAX_PENDING).wrapping_sub(1)) {
+                assert_eq!(
+                    cost(&s, unknown, last),
+                    (FINISHES, true),
+                    "{}",
+                    pending.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pending_destinations_beyond_the_limit_are_not_tried() {
+        let secrets: Vec<Vec<u8>> = (0..=MAX_PENDING)
+            .map(|i| format!("pending secret number {i}").into_bytes())
+            .collect();
+        let pending: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
+        let s = snapshot(&[], &pending);
+        assert_eq!(
+            cost(&s, Uuid::new_v4(), &secrets[MAX_PENDING]),
+            (FINISHES, false)
+        );
     }
 }

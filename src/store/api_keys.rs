@@ -54,6 +54,14 @@ pub async fn revoke(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
     Ok(done.rows_affected() > 0)
 }
 
+/// The hashes of every live key: one query however many keys an address over the
+/// failed-authentication limit tries.
+pub async fn live_hashes(pool: &PgPool) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE revoked_at IS NULL")
+        .fetch_all(pool)
+        .await
+}
+
 /// The scopes of the live key with this hash, recording its use (at most once a minute, so
 /// that reads do not turn into a write per request).
 pub async fn authenticate(

@@ -18,6 +18,7 @@ use things_receiver::token::Token;
 use tokio::sync::OnceCell;
 
 pub mod load;
+pub mod raw_tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_things-receiver");
 
@@ -124,15 +125,27 @@ impl Env {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("THINGS_LOG", "info,sqlx=warn")
-            .arg("--data-dir")
-            .arg(self.data_dir.path())
-            .arg("--database-url")
-            .arg(&self.database_url);
-        cmd
+        cli_command(self.data_dir.path(), &self.database_url)
+    }
+
+    /// Lets the harness read `server`'s `/readyz` details, with a `read` key of this
+    /// deployment created on first use.
+    pub fn with_status_key(&self, mut server: Server) -> Server {
+        let (data_dir, url) = (self.data_dir.path().to_owned(), self.database_url.clone());
+        server.make_status_key = Some(Box::new(move || {
+            let name = format!("harness-status-{}", uuid::Uuid::new_v4().simple());
+            let out = cli_command(&data_dir, &url)
+                .args(["api-keys", "create", "--name", &name, "--scope", "read"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }));
+        server
     }
 
     /// Runs a CLI command to completion.
@@ -182,8 +195,21 @@ impl Env {
     pub fn serve(&self, extra: &[&str]) -> Server {
         let mut cmd = self.command();
         cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
-        Server::start(cmd)
+        self.with_status_key(Server::start(cmd))
     }
+}
+
+/// The binary with a clean environment, pointed at a data directory and a database.
+fn cli_command(data_dir: &Path, database_url: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("THINGS_LOG", "info,sqlx=warn")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--database-url")
+        .arg(database_url);
+    cmd
 }
 
 /// A running `things-receiver serve` process, killed when dropped.
@@ -191,15 +217,45 @@ pub struct Server {
     child: Child,
     pub base_url: String,
     pub banner: String,
+    /// The `read` key the harness shows to `/readyz` for its details.
+    status_key: std::sync::OnceLock<String>,
+    make_status_key: Option<Box<dyn Fn() -> String + Send + Sync>>,
+    /// Every stderr line so far, when started with [`Server::start_capturing`].
+    pub stderr: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl Server {
-    pub fn start(mut cmd: Command) -> Server {
+    pub fn start(cmd: Command) -> Server {
+        Self::spawn(cmd, false)
+    }
+
+    /// Like [`start`](Self::start), keeping every line the server writes to stderr.
+    pub fn start_capturing(cmd: Command) -> Server {
+        Self::spawn(cmd, true)
+    }
+
+    fn spawn(mut cmd: Command, capture: bool) -> Server {
+        let stderr_to = if capture {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        };
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr_to)
             .spawn()
             .unwrap();
+        let stderr = child.stderr.take().map(|pipe| {
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        });
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let mut banner = String::new();
@@ -226,7 +282,24 @@ impl Server {
             child,
             base_url,
             banner,
+            status_key: std::sync::OnceLock::new(),
+            make_status_key: None,
+            stderr,
         }
+    }
+
+    /// The `read` key the harness uses for `/readyz` details (see [`Env::with_status_key`]).
+    pub fn set_status_key(&self, key: &str) {
+        let _ = self.status_key.set(key.to_owned());
+    }
+
+    fn status_key(&self) -> &str {
+        self.status_key.get_or_init(|| {
+            let make = self.make_status_key.as_ref().expect(
+                "/readyz details need a read key: Env::with_status_key or Server::set_status_key",
+            );
+            make()
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -364,10 +437,11 @@ pub async fn wait_ready(
     }
 }
 
-/// The JSON `/readyz` answers (whatever its status).
+/// The detailed JSON `/readyz` answers to a `read` key (whatever its status).
 pub async fn readyz(client: &reqwest::Client, server: &Server) -> serde_json::Value {
     client
         .get(server.url("/readyz"))
+        .bearer_auth(server.status_key())
         .send()
         .await
         .unwrap()

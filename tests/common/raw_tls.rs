@@ -1,5 +1,7 @@
-//! Clients that misbehave on purpose: raw TLS streams from a chosen loopback address, and an
-//! HTTP/2 client whose PINGs and flow control the test drives itself.
+//! Clients that misbehave on purpose: raw TLS streams from a chosen loopback address (for tests
+//! that control exactly which bytes are sent when: a request head without its body,
+//! `Expect: 100-continue`), and an HTTP/2 client whose PINGs and flow control the test drives
+//! itself.
 
 #![allow(dead_code)]
 
@@ -117,21 +119,29 @@ pub async fn healthz_from(server: &Server, from: IpAddr) -> bool {
     answer.starts_with("HTTP/1.1 200")
 }
 
-/// Reads until the response head has arrived; returns it (and whatever body came with it).
-pub async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, stream.read(&mut buf))
-            .await
-            .expect("no response head before the deadline")
-            .unwrap();
-        assert!(n > 0, "closed before a response head");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&seen).into_owned()
+/// An HTTP/1.1 connection over TLS to `server` from 127.0.0.1.
+pub async fn connect_http1(server: &Server) -> TlsStream<TcpStream> {
+    tls_from(server, localhost(), &[b"http/1.1"]).await.unwrap()
+}
+
+/// Reads one response head, up to and including the blank line and not a byte further (an
+/// interim `100 Continue` and the final answer are read by two calls); fails the test when it
+/// has not arrived within `limit`.
+pub async fn read_head(stream: &mut (impl AsyncRead + Unpin), limit: Duration) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => head.push(byte[0]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {limit:?}"));
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// An HTTP/2 connection: requests go through `send`; the connection itself runs in `task`,
