@@ -242,7 +242,7 @@ async fn no_parameter_value_gets_a_5xx_from_any_endpoint() {
         .env("KPN_CLIENT_SECRET", CLIENT_SECRET)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(fake.flags());
-    let server = Server::start(cmd);
+    let server = env.with_status_key(Server::start(cmd));
     let client = client();
     wait_ready(&client, &server, |j| j["destinations"]["bound"] == 1).await;
     let stored = deliver(

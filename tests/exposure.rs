@@ -163,14 +163,15 @@ async fn readyz_answers_a_status_alone_and_details_only_to_a_key() {
         .unwrap();
     assert_eq!(wrong.status(), 401);
 
-    // The database error text is a detail: the public answer stays one word.
+    // The database error text is a detail: the public answer stays a status. The spool still
+    // takes deliveries, so the replica stays in service, degraded.
     cut_off(&env).await;
     assert_eq!(
         public(&server).await,
-        (503, serde_json::json!({"status": "not ready"}))
+        (200, serde_json::json!({"status": "degraded: spooling"}))
     );
     let detailed = readyz(&client, &server).await;
-    assert_eq!(detailed["status"], "not ready");
+    assert_eq!(detailed["status"], "degraded: spooling");
     assert!(
         detailed["database"]
             .as_str()

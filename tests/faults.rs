@@ -343,8 +343,10 @@ async fn readyz_until(
 ) -> Duration {
     let started = Instant::now();
     loop {
-        let (status, json) =
-            status_json(client.get(server.url("/readyz")).send().await.unwrap()).await;
+        let request = client
+            .get(server.url("/readyz"))
+            .bearer_auth(server.status_key());
+        let (status, json) = status_json(request.send().await.unwrap()).await;
         if check(status, &json) {
             return started.elapsed();
         }
@@ -395,6 +397,12 @@ async fn a_killed_embedded_postmaster_is_restarted_and_nothing_acknowledged_is_l
         "{}",
         String::from_utf8_lossy(&added.stderr)
     );
+    let key = command()
+        .args(["api-keys", "create", "--name", "status", "--scope", "read"])
+        .output()
+        .unwrap();
+    assert!(key.status.success());
+    server.set_status_key(String::from_utf8(key.stdout).unwrap().trim());
     let plug: uuid::Uuid = plug.parse().unwrap();
     let client = client();
     wait_ready(&client, &server, |j| j["destinations"]["bound"] == 1).await;
@@ -406,6 +414,7 @@ async fn a_killed_embedded_postmaster_is_restarted_and_nothing_acknowledged_is_l
         let client = client.clone();
         let pg_dir = std::fs::canonicalize(data.path().join("pg")).unwrap();
         let readyz_url = server.url("/readyz");
+        let status_key = server.status_key().to_owned();
         let data_dir = data.path().to_owned();
         tokio::spawn(async move {
             kill_rx.await.unwrap();
@@ -428,7 +437,8 @@ async fn a_killed_embedded_postmaster_is_restarted_and_nothing_acknowledged_is_l
             let reaped = killed.elapsed();
             // While the database is down the spool takes deliveries, and /readyz says so.
             loop {
-                let response = client.get(&readyz_url).send().await.unwrap();
+                let request = client.get(&readyz_url).bearer_auth(&status_key);
+                let response = request.send().await.unwrap();
                 let (status, json) = status_json(response).await;
                 if status == 200
                     && json["status"] == "degraded: spooling"

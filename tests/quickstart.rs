@@ -325,6 +325,9 @@ async fn as_root_in_a_private_home_the_quick_start_works_without_loosening_it() 
         "--secret",
         SECRET,
     ]));
+    let key =
+        run_ok(bin(&clone).args(["api-keys", "create", "--name", "status", "--scope", "read"]));
+    server.set_status_key(key.trim());
     let client = client();
     wait_ready(&client, &server, |j| j["destinations"]["bound"] == 1).await;
     assert!(server.stop().await.success());

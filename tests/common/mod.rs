@@ -293,7 +293,7 @@ impl Server {
         let _ = self.status_key.set(key.to_owned());
     }
 
-    fn status_key(&self) -> &str {
+    pub fn status_key(&self) -> &str {
         self.status_key.get_or_init(|| {
             let make = self.make_status_key.as_ref().expect(
                 "/readyz details need a read key: Env::with_status_key or Server::set_status_key",
