@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Default of `--max-series-points`.
+pub const DEFAULT_MAX_SERIES_POINTS: u64 = 10_000;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "things-receiver",
@@ -136,7 +139,7 @@ pub struct ServeArgs {
     pub retention: Option<Duration>,
     /// Most points one `GET /api/v1/series` answer may hold; larger requests are refused
     /// with a hint on how to narrow them.
-    #[arg(long, env = "THINGS_MAX_SERIES_POINTS", default_value_t = crate::api::DEFAULT_MAX_SERIES_POINTS,
+    #[arg(long, env = "THINGS_MAX_SERIES_POINTS", default_value_t = DEFAULT_MAX_SERIES_POINTS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_series_points: u64,
     /// Also serve `/metrics` here, without an API key, over plain HTTP (e.g. 127.0.0.1:9100

@@ -1,12 +1,13 @@
-//! Error types of the HTTP surface and their single mapping to answers.
+//! What a request can fail with, and the status and code each failure answers.
 //!
 //! Every handler returns [`AppError`]; this is the only place that decides status codes and
-//! bodies, so the same failure always looks the same from outside. Bodies are short JSON:
+//! codes, so the same failure always looks the same from outside. Bodies are short JSON:
 //! `{"error": "<machine code>", "detail": "<human reason>"}`. Nothing secret ever goes into them.
+//!
+//! A leaf: it imports nothing from the crate, so every layer can return it. How it becomes an
+//! answer, and how each domain's error becomes one of these, is `web::error`.
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 
 /// How long KPN (or any client) should wait before retrying when we cannot store.
 pub const RETRY_AFTER_SECONDS: u64 = 5;
@@ -43,17 +44,14 @@ pub enum AppError {
     /// The data cannot be made durable (or read) now; the reason is logged, not sent.
     #[error("the data cannot be stored right now; retry later")]
     Unavailable(String),
-    /// Well-formed but not acceptable: the request asks for something we must not do.
-    #[error("invalid {name}: {reason}")]
-    Invalid { name: &'static str, reason: String },
     #[error("{0}")]
     Conflict(String),
     /// A feature that needs configuration the operator has not given.
     #[error("{0}")]
     NotConfigured(&'static str),
-    /// Well-formed but unacceptable input (a rule of the data, or a request too large to answer).
-    #[error("{0}")]
-    Unprocessable(String),
+    /// Well-formed but unacceptable input: 422 with either code (see [`Unprocessable`]).
+    #[error("{detail}")]
+    Unprocessable { kind: Unprocessable, detail: String },
     #[error("too many failed authentication attempts; retry in {0} s")]
     TooManyAttempts(u64),
     /// The client did not send its whole request within `--request-timeout`.
@@ -61,7 +59,33 @@ pub enum AppError {
     RequestTimeout,
 }
 
+/// The two codes a 422 answers with, kept apart because clients already tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unprocessable {
+    /// A value a rule refuses, naming its field: `invalid`.
+    Invalid,
+    /// A rule of the data, or a request too large to answer: `unprocessable`.
+    Rule,
+}
+
 impl AppError {
+    /// A field's value is well-formed but not acceptable: the request asks for something we
+    /// must not do (code `invalid`).
+    pub fn invalid(name: &str, reason: impl std::fmt::Display) -> Self {
+        AppError::Unprocessable {
+            kind: Unprocessable::Invalid,
+            detail: format!("invalid {name}: {reason}"),
+        }
+    }
+
+    /// Well-formed but unacceptable input (code `unprocessable`).
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        AppError::Unprocessable {
+            kind: Unprocessable::Rule,
+            detail: detail.into(),
+        }
+    }
+
     pub fn bad_parameter(name: &'static str, reason: impl Into<String>) -> Self {
         AppError::BadParameter {
             name,
@@ -72,6 +96,11 @@ impl AppError {
     /// The machine-readable code of this error, as sent in the `error` field.
     pub fn code(&self) -> &'static str {
         self.status_and_code().1
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
     }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -87,10 +116,15 @@ impl AppError {
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AppError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            AppError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AppError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
-            AppError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            AppError::Unprocessable { kind, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                match kind {
+                    Unprocessable::Invalid => "invalid",
+                    Unprocessable::Rule => "unprocessable",
+                },
+            ),
             AppError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
             AppError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
         }
@@ -106,62 +140,19 @@ pub struct ErrorBody {
     pub detail: String,
 }
 
-impl From<sqlx::Error> for AppError {
-    /// Any database failure means the data is not durable (or not readable) now; the caller
-    /// should retry, which is exactly what KPN does on a non-2xx answer.
-    fn from(error: sqlx::Error) -> Self {
-        AppError::Unavailable(error.to_string())
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl From<crate::admin::AdminError> for AppError {
-    fn from(error: crate::admin::AdminError) -> Self {
-        use crate::admin::AdminError;
-        match error {
-            AdminError::InvalidSecret(e) => AppError::Unprocessable(e.to_string()),
-            AdminError::Invalid(reason) => AppError::Unprocessable(reason),
-            AdminError::NotFound(what) => AppError::NotFound(what.into()),
-            AdminError::Conflict(reason) => AppError::Conflict(reason),
-            AdminError::Database(e) => AppError::from(e),
-        }
-    }
-}
-
-impl From<axum::extract::rejection::JsonRejection> for AppError {
-    /// Unreadable JSON is a bad request; JSON of the wrong shape is unprocessable.
-    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
-        use axum::extract::rejection::JsonRejection;
-        match rejection {
-            JsonRejection::JsonDataError(e) => AppError::Unprocessable(e.body_text()),
-            other => AppError::bad_parameter("body", other.body_text()),
-        }
-    }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        if let AppError::Unavailable(reason) = &self {
-            tracing::warn!(%reason, "answering 503");
-        }
-        let body = Json(serde_json::json!({ "error": code, "detail": self.to_string() }));
-        let mut response = (status, body).into_response();
-        let headers = response.headers_mut();
-        match self {
-            AppError::Unavailable(_) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-            }
-            AppError::Overloaded => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-            }
-            AppError::Unauthenticated => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            AppError::TooManyAttempts(seconds) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            }
-            _ => {}
-        }
-        response
+    #[test]
+    fn both_422_codes_come_from_one_variant() {
+        let invalid = AppError::invalid("port", "must be 1 to 223");
+        assert_eq!(invalid.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(invalid.code(), "invalid");
+        assert_eq!(invalid.to_string(), "invalid port: must be 1 to 223");
+        let rule = AppError::unprocessable("too many points");
+        assert_eq!(rule.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(rule.code(), "unprocessable");
+        assert_eq!(rule.to_string(), "too many points");
     }
 }

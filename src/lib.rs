@@ -4,7 +4,6 @@
 
 pub mod admin;
 pub mod api;
-pub mod app;
 pub mod cli;
 pub mod config;
 pub mod doctor;
@@ -13,13 +12,14 @@ pub mod error;
 pub mod hardening;
 pub mod ingest;
 pub mod kpn;
+pub mod live;
 pub mod metrics;
-pub mod readiness;
-pub mod request_id;
 pub mod secrets;
 pub mod senml;
 pub mod server;
 pub mod spool;
 pub mod store;
+pub mod time_format;
 pub mod tls;
 pub mod token;
+pub mod web;

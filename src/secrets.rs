@@ -14,6 +14,8 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::Rng;
 
+use crate::config::DbArgs;
+
 /// Characters KPN accepts as the "special" class of a destination secret.
 pub const SPECIAL_CHARACTERS: &str = "#?!@$%^&(){}:.,/+*;";
 /// KPN documents both 30 and 32 as the minimum; we accept the lower and generate more.
@@ -60,6 +62,16 @@ impl std::fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SecretKey(from {})", self.origin)
     }
+}
+
+/// The key `serve` and every CLI command use: `THINGS_SECRET_KEY`, or else the key file
+/// (`--secret-key-file`, default `DATA_DIR/secret.key`). Only the default location is created
+/// automatically: an explicitly named file that does not exist is a configuration mistake,
+/// not a first run.
+pub fn open_key(db_args: &DbArgs) -> Result<SecretKey, KeyError> {
+    let env_key = std::env::var("THINGS_SECRET_KEY").ok();
+    let create = db_args.secret_key_file.is_none();
+    SecretKey::load(env_key.as_deref(), &db_args.secret_key_path(), create)
 }
 
 impl SecretKey {

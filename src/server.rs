@@ -11,7 +11,6 @@ use axum_server::Handle;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppState, router};
 use crate::config::{DbArgs, LimitArgs, ServeArgs};
 use crate::hardening::{ConnectionLimits, GuardAcceptor, LimitReached};
 use crate::ingest::pipeline::Pipeline;
@@ -23,6 +22,8 @@ use crate::store::{Database, PoolSettings, key_check, partitions};
 use crate::tls;
 use crate::tls::reload::{CertPair, Reloader};
 use crate::tls::resolver::CertResolver;
+use crate::web::router;
+use crate::web::state::{ApiKeyState, AppState, Ingest};
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const GRACE_PERIOD: Duration = Duration::from_secs(30);
@@ -47,7 +48,7 @@ struct TlsSetup {
 }
 
 pub async fn run(db_args: &DbArgs, args: &ServeArgs) -> anyhow::Result<()> {
-    let key = open_secret_key(db_args)?;
+    let key = crate::secrets::open_key(db_args)?;
     let tls_setup = tls_config(db_args, args)?;
 
     let settings = PoolSettings {
@@ -104,28 +105,37 @@ async fn serve_with(
     let spool = Spool::open(&spool_dir, args.spool_max as u64)
         .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
     spool.spawn_replayer(writer.clone(), database.pool.clone(), shutdown.clone());
-    let api = Arc::new(crate::api::ApiState::new(
-        args.max_series_points,
-        database.stream_pool.clone(),
-    ));
-    api.live
-        .clone()
+    let live = Arc::new(crate::live::LiveHub::default());
+    live.clone()
         .spawn_listener(database.stream_pool.clone(), shutdown.clone());
-    let state = Arc::new(AppState {
+    let state = AppState {
         pool: database.pool.clone(),
-        secrets: secrets.clone(),
-        pipeline: Pipeline::new(writer, spool, args.spool_after),
-        ingest_slots: tokio::sync::Semaphore::new(args.max_inflight.max(1)),
-        max_body: args.max_body,
+        ingest: Arc::new(Ingest {
+            secrets: secrets.clone(),
+            pipeline: Pipeline::new(writer, spool, args.spool_after),
+            ingest_slots: tokio::sync::Semaphore::new(args.max_inflight.max(1)),
+            max_body: args.max_body,
+        }),
+        api_keys: ApiKeyState {
+            pool: database.pool.clone(),
+            limiter: Arc::default(),
+        },
+        live: live.clone(),
+        api: crate::api::ApiSettings::new(
+            args.max_series_points,
+            database.stream_pool.clone(),
+            downlink_worker.is_some(),
+        ),
+        admin: crate::api::admin::AdminState {
+            key: key.clone(),
+            secrets: secrets.clone(),
+        },
         metrics: crate::metrics::install(),
-        downlinks_enabled: downlink_worker.is_some(),
         downlink_worker: downlink_worker.as_ref().map(|w| w.health.clone()),
-        key: key.clone(),
-        api: api.clone(),
-    });
+    };
     let metrics_bound = match args.metrics_listen {
         Some(addr) => {
-            Some(crate::metrics::spawn_listener(addr, state.clone(), shutdown.clone()).await?)
+            Some(crate::web::metrics::spawn_listener(addr, state.clone(), shutdown.clone()).await?)
         }
         None => None,
     };
@@ -184,7 +194,7 @@ async fn serve_with(
 
     wait_for_signal().await;
     tracing::info!("shutting down: finishing requests in flight");
-    api.live.close();
+    live.close();
     handle.graceful_shutdown(Some(GRACE_PERIOD));
     // A second signal forces the exit.
     tokio::select! {
@@ -281,19 +291,6 @@ fn harden<A>(
     } else {
         server
     }
-}
-
-fn open_secret_key(db_args: &DbArgs) -> anyhow::Result<SecretKey> {
-    let env_key = std::env::var("THINGS_SECRET_KEY").ok();
-    let path = db_args.secret_key_path();
-    // Only the default location is created automatically: an explicitly named file that
-    // does not exist is a configuration mistake, not a first run.
-    let create = db_args.secret_key_file.is_none();
-    Ok(SecretKey::load(env_key.as_deref(), &path, create)?)
-}
-
-pub(crate) fn open_key_for_cli(db_args: &DbArgs) -> anyhow::Result<SecretKey> {
-    open_secret_key(db_args)
 }
 
 fn tls_config(db_args: &DbArgs, args: &ServeArgs) -> anyhow::Result<TlsSetup> {

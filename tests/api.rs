@@ -9,7 +9,7 @@ use common::*;
 
 #[test]
 fn the_checked_in_openapi_document_is_current() {
-    let current = things_receiver::api::docs::document_json();
+    let current = things_receiver::web::document_json();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
         std::fs::write(&path, &current).unwrap();
@@ -820,7 +820,7 @@ async fn repeated_failed_authentication_is_rate_limited() {
     let key = env.api_key("reader", "read");
     let server = env.serve(&[]);
     let client = client();
-    let limit = things_receiver::api::auth_limit::MAX_FAILURES;
+    let limit = things_receiver::web::auth_limit::MAX_FAILURES;
     for _ in 0..limit {
         assert_eq!(
             api_get(&client, &server, "trk_guess", "/api/v1/devices")
@@ -886,7 +886,7 @@ async fn the_openapi_document_and_docs_page_are_served_offline() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let served = response.text().await.unwrap();
-    assert_eq!(served, things_receiver::api::docs::document_json());
+    assert_eq!(served, things_receiver::web::document_json());
     let document: Value = serde_json::from_str(&served).unwrap();
     assert_eq!(document["openapi"], "3.1.0");
     assert!(document["paths"]["/series"]["get"].is_object());

@@ -75,7 +75,7 @@ async fn an_address_over_the_wrong_key_limit_is_refused_before_any_lookup() {
     );
     let wrong = "Bearer not-a-key-of-ours";
     let mut limited = false;
-    for _ in 0..=things_receiver::api::auth_limit::MAX_FAILURES {
+    for _ in 0..=things_receiver::web::auth_limit::MAX_FAILURES {
         match status_with(&client, &server, wrong, path).await {
             401 => {}
             429 => {

@@ -2,8 +2,8 @@
 
 use sqlx::PgPool;
 
+use super::scopes::{Scope, key_hash};
 use super::{AdminError, conflict_or};
-use crate::api::auth::{Scope, key_hash};
 use crate::secrets::random_alphanumeric;
 use crate::store::api_keys::{self, ApiKeyRow};
 
@@ -16,21 +16,7 @@ pub async fn create(
     name: &str,
     scopes: &[String],
 ) -> Result<(String, ApiKeyRow), AdminError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(AdminError::Invalid("the key name must not be empty".into()));
-    }
-    if name.chars().count() > super::MAX_NAME_CHARS {
-        return Err(AdminError::Invalid(format!(
-            "the key name must be at most {} characters",
-            super::MAX_NAME_CHARS
-        )));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(AdminError::Invalid(
-            "the key name must not contain control characters".into(),
-        ));
-    }
+    let name = super::checked_name("key", name)?;
     let mut parsed: Vec<String> = Vec::new();
     for scope in scopes {
         let scope = Scope::parse(scope).ok_or_else(|| {

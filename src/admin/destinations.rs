@@ -72,23 +72,7 @@ pub async fn add(
     key: &SecretKey,
     request: AddRequest,
 ) -> Result<WithSecret, AdminError> {
-    let name = request.name.trim().to_owned();
-    if name.is_empty() {
-        return Err(AdminError::Invalid(
-            "the destination name must not be empty".into(),
-        ));
-    }
-    if name.chars().count() > super::MAX_NAME_CHARS {
-        return Err(AdminError::Invalid(format!(
-            "the destination name must be at most {} characters",
-            super::MAX_NAME_CHARS
-        )));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(AdminError::Invalid(
-            "the destination name must not contain control characters".into(),
-        ));
-    }
+    let name = super::checked_name("destination", &request.name)?.to_owned();
     let mut required_headers = BTreeMap::new();
     for (header, value) in request.required_headers {
         let header = header.trim().to_ascii_lowercase();

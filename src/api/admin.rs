@@ -16,15 +16,25 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::admin::api_keys;
 use crate::admin::destinations::{self, AddRequest, DestinationInfo, WithSecret};
-use crate::api::auth::{ApiKey, Scope};
-use crate::app::AppState;
+use crate::admin::{ApiKey, Scope};
 use crate::error::{AppError, ErrorBody};
+use crate::ingest::secret_cache::SecretCache;
+use crate::secrets::SecretKey;
 use crate::store::api_keys::ApiKeyRow;
+
+/// What the destination operations need beyond the pool: the key that seals secrets, and
+/// this process's secret cache, reloaded after a change so it takes effect before the answer.
+#[derive(Clone)]
+pub struct AdminState {
+    pub key: SecretKey,
+    pub secrets: Arc<SecretCache>,
+}
 
 /// How long the previous secret stays valid after a rotation, unless told otherwise.
 const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
@@ -127,19 +137,15 @@ pub struct CreatedApiKey {
     get, path = "/destinations", tag = "admin",
     responses(
         (status = 200, body = Vec<DestinationInfo>),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn list_destinations(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
     key: ApiKey,
 ) -> Result<Json<Vec<DestinationInfo>>, AppError> {
     key.require(Scope::Admin)?;
-    Ok(Json(destinations::list(&state.pool).await?))
+    Ok(Json(destinations::list(&pool).await?))
 }
 
 /// Adds a destination; effective at once in every process.
@@ -149,25 +155,22 @@ pub async fn list_destinations(
     responses(
         (status = 201, description = "Added; `secret` is present only when it was generated", body = WithSecret),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
         (status = 409, description = "The name or plug is taken", body = ErrorBody),
         (status = 422, description = "The destination breaks a rule", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn add_destination(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
+    State(admin): State<AdminState>,
     key: ApiKey,
     body: Result<Json<NewDestination>, JsonRejection>,
 ) -> Result<(StatusCode, Json<WithSecret>), AppError> {
     key.require(Scope::Admin)?;
     let Json(new) = body?;
     let added = destinations::add(
-        &state.pool,
-        &state.key,
+        &pool,
+        &admin.key,
         AddRequest {
             name: new.name,
             plug: new.plug,
@@ -177,7 +180,7 @@ pub async fn add_destination(
         },
     )
     .await?;
-    reload(&state).await;
+    reload(&admin).await;
     Ok((StatusCode::CREATED, Json(added)))
 }
 
@@ -189,17 +192,14 @@ pub async fn add_destination(
     responses(
         (status = 200, description = "Rotated; `secret` is present only when it was generated", body = WithSecret),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such destination", body = ErrorBody),
         (status = 422, description = "The secret or overlap breaks a rule", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn rotate_destination(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
+    State(admin): State<AdminState>,
     key: ApiKey,
     Path(plug): Path<String>,
     body: Bytes,
@@ -211,7 +211,7 @@ pub async fn rotate_destination(
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             if e.is_data() {
-                AppError::Unprocessable(e.to_string())
+                AppError::unprocessable(e.to_string())
             } else {
                 AppError::bad_parameter("body", e.to_string())
             }
@@ -220,19 +220,16 @@ pub async fn rotate_destination(
     let overlap = match rotation.overlap.as_deref() {
         None => DEFAULT_OVERLAP,
         Some(text) => humantime::parse_duration(text).map_err(|_| {
-            AppError::Unprocessable(format!(
+            AppError::unprocessable(format!(
                 "overlap {text:?} is not a duration: use e.g. 24h, 30m, 0s"
             ))
         })?,
     };
     if overlap > Duration::from_secs(366 * 24 * 3600) {
-        return Err(AppError::Unprocessable(
-            "overlap must be at most 366 days".into(),
-        ));
+        return Err(AppError::unprocessable("overlap must be at most 366 days"));
     }
-    let rotated =
-        destinations::rotate(&state.pool, &state.key, &plug, rotation.secret, overlap).await?;
-    reload(&state).await;
+    let rotated = destinations::rotate(&pool, &admin.key, &plug, rotation.secret, overlap).await?;
+    reload(&admin).await;
     Ok(Json(rotated))
 }
 
@@ -243,23 +240,20 @@ pub async fn rotate_destination(
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "The plug or name is not acceptable text", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such destination", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn remove_destination(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
+    State(admin): State<AdminState>,
     key: ApiKey,
     Path(plug): Path<String>,
 ) -> Result<StatusCode, AppError> {
     key.require(Scope::Admin)?;
     let plug = path_text("plug", plug)?;
-    destinations::remove(&state.pool, &plug).await?;
-    reload(&state).await;
+    destinations::remove(&pool, &plug).await?;
+    reload(&admin).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -268,19 +262,15 @@ pub async fn remove_destination(
     get, path = "/api-keys", tag = "admin",
     responses(
         (status = 200, body = Vec<ApiKeyRow>),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn list_api_keys(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
     key: ApiKey,
 ) -> Result<Json<Vec<ApiKeyRow>>, AppError> {
     key.require(Scope::Admin)?;
-    Ok(Json(api_keys::list(&state.pool).await?))
+    Ok(Json(api_keys::list(&pool).await?))
 }
 
 /// Creates an API key; the key is in this answer only.
@@ -290,23 +280,19 @@ pub async fn list_api_keys(
     responses(
         (status = 201, body = CreatedApiKey),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
         (status = 409, description = "A live key has that name", body = ErrorBody),
         (status = 422, description = "The name or scopes break a rule", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn create_api_key(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
     key: ApiKey,
     body: Result<Json<NewApiKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), AppError> {
     key.require(Scope::Admin)?;
     let Json(new) = body?;
-    let (key, info) = api_keys::create(&state.pool, &new.name, &new.scopes).await?;
+    let (key, info) = api_keys::create(&pool, &new.name, &new.scopes).await?;
     Ok((StatusCode::CREATED, Json(CreatedApiKey { key, info })))
 }
 
@@ -317,22 +303,18 @@ pub async fn create_api_key(
     responses(
         (status = 204, description = "Revoked"),
         (status = 400, description = "The name is not acceptable text", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No live key has that name", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn revoke_api_key(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
     key: ApiKey,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
     key.require(Scope::Admin)?;
     let name = path_text("name", name)?;
-    api_keys::revoke(&state.pool, &name).await?;
+    api_keys::revoke(&pool, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -343,8 +325,8 @@ fn path_text(name: &'static str, value: String) -> Result<String, AppError> {
 
 /// Makes a destination change effective in this process now; other processes follow the
 /// notification the change fired. A failed reload is retried by the periodic refresh.
-async fn reload(state: &AppState) {
-    if let Err(e) = state.secrets.reload().await {
+async fn reload(admin: &AdminState) {
+    if let Err(e) = admin.secrets.reload().await {
         tracing::warn!(error = %e, "destination changed but reloading the secrets failed");
     }
 }

@@ -1,4 +1,5 @@
-//! Opaque keyset-pagination cursors: the (time, id) of the last item of a page.
+//! Opaque keyset-pagination cursors: the (time, id) of the last item of a page, or its id
+//! alone for a list in id order.
 //!
 //! Keyset pagination keeps every page as cheap as the first on large tables, unlike OFFSET.
 
@@ -20,6 +21,20 @@ pub fn decode(text: &str) -> Option<(DateTime<Utc>, i64)> {
     ))
 }
 
+/// A cursor of a list in id order (devices): the id of the last item of a page.
+pub fn encode_id(id: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("d.{id}"))
+}
+
+pub fn decode_id(text: &str) -> Option<i64> {
+    let raw = URL_SAFE_NO_PAD.decode(text.trim()).ok()?;
+    std::str::from_utf8(&raw)
+        .ok()?
+        .strip_prefix("d.")?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,5 +45,8 @@ mod tests {
         assert_eq!(decode(&encode(t, 42)), Some((t, 42)));
         assert_eq!(decode("not a cursor"), None);
         assert_eq!(decode(""), None);
+        assert_eq!(decode_id(&encode_id(42)), Some(42));
+        assert_eq!(decode_id(&encode(t, 42)), None);
+        assert_eq!(decode_id(""), None);
     }
 }

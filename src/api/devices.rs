@@ -1,20 +1,19 @@
 //! `GET /api/v1/devices`, `/devices/{urn}` and `/devices/{urn}/latest`.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::auth::{ApiKey, Scope};
-use crate::api::params;
-use crate::app::AppState;
+use crate::admin::{ApiKey, Scope};
+use crate::api::measurements::ValueFields;
+use crate::api::page;
+use crate::api::{cursor, params};
 use crate::error::{AppError, ErrorBody};
 use crate::senml::device_key;
 use crate::store::devices::{self, DeviceFilter, DeviceRow, LatestRow};
+use crate::time_format::format_time;
 
 /// The URN kinds a device can have.
 const KINDS: [&str; 4] = ["DEVEUI", "IMEI", "DVNUUID", "other"];
@@ -53,8 +52,8 @@ impl From<DeviceRow> for Device {
         Device {
             urn: row.urn,
             kind: row.kind,
-            first_seen: params::format_time(row.first_seen),
-            last_seen: params::format_time(row.last_seen),
+            first_seen: format_time(row.first_seen),
+            last_seen: format_time(row.last_seen),
             message_count: row.message_count,
         }
     }
@@ -68,6 +67,8 @@ pub struct DevicePage {
     next_cursor: Option<String>,
 }
 
+// Its own type rather than `measurements::Item` without a device: its fields come in another
+// order, on the wire and in the OpenAPI schema. (A doc comment here would go into the schema.)
 /// The newest value of one measurement name.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LatestValue {
@@ -89,16 +90,17 @@ pub struct LatestValue {
 }
 
 impl From<LatestRow> for LatestValue {
-    fn from(mut row: LatestRow) -> Self {
+    fn from(row: LatestRow) -> Self {
+        let v = ValueFields::from(row.stored);
         LatestValue {
-            string_value: row.string(),
             name: row.name,
-            time: params::format_time(row.time),
+            time: format_time(row.time),
             unit: row.unit,
-            value: row.value,
-            bool_value: row.bool_value,
-            data_value: row.data_value.map(|d| STANDARD.encode(d)),
-            sum: row.sum,
+            value: v.value,
+            string_value: v.string_value,
+            bool_value: v.bool_value,
+            data_value: v.data_value,
+            sum: v.sum,
         }
     }
 }
@@ -116,15 +118,11 @@ pub struct Latest {
     responses(
         (status = 200, body = DevicePage),
         (status = 400, description = "A parameter is invalid", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn list(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
     key: ApiKey,
     query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DevicePage>, AppError> {
@@ -143,25 +141,15 @@ pub async fn list(
                 .to_owned(),
         ),
     };
-    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        None => None,
-        Some(c) => Some(decode_cursor(c).ok_or_else(|| {
-            AppError::bad_parameter("cursor", "not a cursor returned by this API")
-        })?),
-    };
+    let after = params::id_cursor(q.cursor.as_deref())?;
     let filter = DeviceFilter {
         search: params::text("q", q.q)?,
         kind,
         after,
-        limit: limit + 1,
+        limit: page::fetch_limit(limit),
     };
-    let mut rows = devices::list(&state.pool, &filter).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| encode_cursor(r.id))
-    } else {
-        None
-    };
+    let rows = devices::list(&pool, &filter).await?;
+    let (rows, next_cursor) = page::split(rows, limit, |r| cursor::encode_id(r.id));
     Ok(Json(DevicePage {
         items: rows.into_iter().map(Device::from).collect(),
         next_cursor,
@@ -175,21 +163,17 @@ pub async fn list(
     responses(
         (status = 200, body = Device),
         (status = 400, description = "The URN is not acceptable text", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn get(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
     key: ApiKey,
     Path(urn): Path<String>,
 ) -> Result<Json<Device>, AppError> {
     key.require(Scope::Read)?;
-    Ok(Json(find(&state, &urn).await?.into()))
+    Ok(Json(find(&pool, &urn).await?.into()))
 }
 
 /// The latest value of every measurement name of a device.
@@ -199,22 +183,18 @@ pub async fn get(
     responses(
         (status = 200, body = Latest),
         (status = 400, description = "The URN is not acceptable text", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn latest(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
     key: ApiKey,
     Path(urn): Path<String>,
 ) -> Result<Json<Latest>, AppError> {
     key.require(Scope::Read)?;
-    let device = find(&state, &urn).await?;
-    let values = devices::latest(&state.pool, device.id).await?;
+    let device = find(&pool, &urn).await?;
+    let values = devices::latest(&pool, device.id).await?;
     Ok(Json(Latest {
         device: device.urn,
         values: values.into_iter().map(LatestValue::from).collect(),
@@ -222,22 +202,9 @@ pub async fn latest(
 }
 
 /// The device with this URN, or 404.
-pub async fn find(state: &AppState, urn: &str) -> Result<DeviceRow, AppError> {
+pub async fn find(pool: &PgPool, urn: &str) -> Result<DeviceRow, AppError> {
     let urn = params::text("urn", Some(urn.to_owned()))?.unwrap_or_default();
-    devices::find(&state.pool, &device_key(&urn))
+    devices::find(pool, &device_key(&urn))
         .await?
         .ok_or_else(|| AppError::NotFound(format!("device {urn:?}").into()))
-}
-
-fn encode_cursor(id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("d.{id}"))
-}
-
-fn decode_cursor(text: &str) -> Option<i64> {
-    let raw = URL_SAFE_NO_PAD.decode(text.trim()).ok()?;
-    std::str::from_utf8(&raw)
-        .ok()?
-        .strip_prefix("d.")?
-        .parse()
-        .ok()
 }

@@ -1,50 +1,30 @@
 //! Downlinks over the API (scope `downlink`): queue one for a device, follow it, list them,
 //! cancel one not yet sent.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::api::auth::{ApiKey, Scope};
-use crate::api::measurements::Page;
+use crate::admin::{ApiKey, Scope};
+use crate::api::ApiSettings;
+use crate::api::cursor;
+use crate::api::page::{self, Page};
 use crate::api::params;
-use crate::app::AppState;
 use crate::downlink::Status;
 use crate::downlink::outbox::{self, OutboxError, Queued};
-use crate::downlink::request::{self, RequestError};
+use crate::downlink::request;
 use crate::downlink::view::DownlinkView;
 use crate::error::{AppError, ErrorBody};
 use crate::kpn::credentials::HOW_TO_CONFIGURE;
 use crate::senml::device_key;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-impl From<OutboxError> for AppError {
-    fn from(error: OutboxError) -> Self {
-        match error {
-            OutboxError::Request(RequestError::Malformed { field, reason }) => {
-                AppError::bad_parameter(field, reason)
-            }
-            OutboxError::Request(RequestError::Invalid { field, reason }) => AppError::Invalid {
-                name: field,
-                reason,
-            },
-            OutboxError::UnknownDevice(_) => AppError::NotFound("device".into()),
-            OutboxError::NotFound(_) => AppError::NotFound("downlink".into()),
-            e @ (OutboxError::IdempotencyConflict | OutboxError::NotCancellable { .. }) => {
-                AppError::Conflict(e.to_string())
-            }
-            OutboxError::Database(e) => AppError::from(e),
-        }
-    }
-}
 
 /// A downlink to queue: `payload_hex` (with `port` for a LoRa device) or SenML `records`.
 // The body is checked by hand (`request::check_json`) so that a broken shape (400) can be told
@@ -81,25 +61,23 @@ pub struct NewDownlink {
         (status = 202, description = "Queued (or queued before under this Idempotency-Key)", body = Queued,
             headers(("Location" = String, description = "The downlink, e.g. `/api/v1/downlinks/{id}`"))),
         (status = 400, description = "The body is not a downlink request, or the Idempotency-Key is malformed", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the downlink scope", body = ErrorBody),
         (status = 404, description = "No data was ever received from this device", body = ErrorBody),
         (status = 409, description = "The Idempotency-Key was used for a different downlink", body = ErrorBody),
         (status = 422, description = "The port, payload or records are not something KPN would send", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
         (status = 503, description = "Downlinks are not configured (`not_configured`), or the database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn queue(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
+    State(settings): State<ApiSettings>,
     key: ApiKey,
     Path(urn): Path<String>,
     headers: HeaderMap,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, AppError> {
     key.require(Scope::Downlink)?;
-    if !state.downlinks_enabled {
+    if !settings.downlinks_enabled {
         return Err(AppError::NotConfigured(HOW_TO_CONFIGURE));
     }
     let Json(body) = body.map_err(|e| AppError::bad_parameter("body", e.body_text()))?;
@@ -112,8 +90,8 @@ pub async fn queue(
     let urn = params::text("urn", Some(urn))?
         .ok_or_else(|| AppError::bad_parameter("urn", "must not be empty"))?;
     let checked = request::check_json(&device_key(urn.trim()), &body).map_err(OutboxError::from)?;
-    let (device_id, urn_key) = outbox::known_device(&state.pool, &urn).await?;
-    let queued = outbox::queue(&state.pool, device_id, &urn_key, &checked, idempotency_key).await?;
+    let (device_id, urn_key) = outbox::known_device(&pool, &urn).await?;
+    let queued = outbox::queue(&pool, device_id, &urn_key, &checked, idempotency_key).await?;
     let location = format!("/api/v1/downlinks/{}", queued.id);
     Ok((
         StatusCode::ACCEPTED,
@@ -130,21 +108,17 @@ pub async fn queue(
     responses(
         (status = 200, body = DownlinkView),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the downlink scope", body = ErrorBody),
         (status = 404, description = "No such downlink", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn show(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
     key: ApiKey,
     Path(id): Path<String>,
 ) -> Result<Json<DownlinkView>, AppError> {
     key.require(Scope::Downlink)?;
-    let row = outbox::get(&state.pool, parse_id(&id)?).await?;
+    let row = outbox::get(&pool, parse_id(&id)?).await?;
     Ok(Json(row.into()))
 }
 
@@ -155,22 +129,18 @@ pub async fn show(
     responses(
         (status = 200, description = "Cancelled", body = DownlinkView),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the downlink scope", body = ErrorBody),
         (status = 404, description = "No such downlink", body = ErrorBody),
         (status = 409, description = "The downlink is no longer queued", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn cancel(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
     key: ApiKey,
     Path(id): Path<String>,
 ) -> Result<Json<DownlinkView>, AppError> {
     key.require(Scope::Downlink)?;
-    let row = outbox::cancel(&state.pool, parse_id(&id)?).await?;
+    let row = outbox::cancel(&pool, parse_id(&id)?).await?;
     Ok(Json(row.into()))
 }
 
@@ -196,15 +166,11 @@ pub struct ListParams {
     responses(
         (status = 200, body = Page<DownlinkView>),
         (status = 400, description = "A parameter is invalid", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the downlink scope", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn list(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
     key: ApiKey,
     query: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Page<DownlinkView>>, AppError> {
@@ -222,18 +188,14 @@ pub async fn list(
     let limit = params::limit(q.limit.as_deref())?;
     let before = params::cursor(q.cursor.as_deref())?.map(|(_, seq)| seq);
     let device = params::text("device", q.device)?;
-    let mut rows = outbox::list(&state.pool, device.as_deref(), status, before, limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|r| crate::api::cursor::encode(r.created_at, r.seq))
-    } else {
-        None
-    };
-    Ok(Json(Page {
-        items: rows.into_iter().map(DownlinkView::from).collect(),
-        next_cursor,
-    }))
+    let fetch = page::fetch_limit(limit);
+    let rows = outbox::list(&pool, device.as_deref(), status, before, fetch).await?;
+    Ok(Json(Page::of(
+        rows,
+        limit,
+        |r| cursor::encode(r.created_at, r.seq),
+        DownlinkView::from,
+    )))
 }
 
 fn parse_id(id: &str) -> Result<Uuid, AppError> {

@@ -1,7 +1,5 @@
 //! `GET /api/v1/measurements`: stored measurements, newest first.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -9,15 +7,18 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::auth::{ApiKey, Scope};
+use crate::admin::{ApiKey, Scope};
+use crate::api::ApiSettings;
 use crate::api::export::{self, ExportRow, Format};
+use crate::api::page::{self, Page};
 use crate::api::{cursor, params};
-use crate::app::AppState;
 use crate::error::{AppError, ErrorBody};
 use crate::senml::device_key;
-use crate::store::measurements::{self, MeasurementFilter, MeasurementRow};
+use crate::store::measurements::{self, MeasurementFilter, MeasurementRow, StoredValue};
+use crate::time_format::format_time;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -63,34 +64,44 @@ pub struct Item {
     sum: Option<f64>,
 }
 
-impl Item {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
+/// The value fields of an answer, decoded from what the store keeps (strings as received,
+/// data in base64). Shared by [`Item`] and the devices' latest values, whose JSON differs only
+/// in the fields around these.
+pub struct ValueFields {
+    pub value: Option<f64>,
+    pub string_value: Option<String>,
+    pub bool_value: Option<bool>,
+    pub data_value: Option<String>,
+    pub sum: Option<f64>,
 }
 
-impl From<MeasurementRow> for Item {
-    fn from(mut row: MeasurementRow) -> Self {
-        Item {
-            string_value: row.string(),
-            device: row.device,
-            name: row.name,
-            unit: row.unit,
-            time: params::format_time(row.time),
-            value: row.value,
-            bool_value: row.bool_value,
-            data_value: row.data_value.map(|d| STANDARD.encode(d)),
-            sum: row.sum,
+impl From<StoredValue> for ValueFields {
+    fn from(mut stored: StoredValue) -> Self {
+        ValueFields {
+            string_value: stored.string(),
+            value: stored.value,
+            bool_value: stored.bool_value,
+            data_value: stored.data_value.map(|d| STANDARD.encode(d)),
+            sum: stored.sum,
         }
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    #[schema(nullable = true)]
-    pub next_cursor: Option<String>,
+impl From<MeasurementRow> for Item {
+    fn from(row: MeasurementRow) -> Self {
+        let v = ValueFields::from(row.stored);
+        Item {
+            device: row.device,
+            name: row.name,
+            unit: row.unit,
+            time: format_time(row.time),
+            value: v.value,
+            string_value: v.string_value,
+            bool_value: v.bool_value,
+            data_value: v.data_value,
+            sum: v.sum,
+        }
+    }
 }
 
 impl ExportRow for MeasurementRow {
@@ -136,15 +147,12 @@ impl ExportRow for MeasurementRow {
             (String = "application/x-ndjson"),
         )),
         (status = 400, description = "A parameter is invalid", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn list(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
+    State(settings): State<ApiSettings>,
     key: ApiKey,
     headers: HeaderMap,
     query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
@@ -158,12 +166,11 @@ pub async fn list(
         from: params::time("from", q.from.as_deref())?,
         to: params::time("to", q.to.as_deref())?,
         after: params::cursor(q.cursor.as_deref())?,
-        // One more than asked tells whether another page exists.
-        limit: limit + 1,
+        limit: page::fetch_limit(limit),
         ..Default::default()
     };
     if let Some(device) = params::text("device", q.device)? {
-        match measurements::device_id(&state.pool, &device_key(&device)).await? {
+        match measurements::device_id(&pool, &device_key(&device)).await? {
             Some(id) => filter.device_id = Some(id),
             // No device matches: an empty answer. (-1 is never an identity value.)
             None => filter.device_id = Some(-1),
@@ -172,23 +179,14 @@ pub async fn list(
     if format != Format::Json {
         let query = measurements::select(&filter);
         return export::stream::<MeasurementRow>(
-            &state.api.stream_pool,
+            &settings.stream_pool,
             query,
             format,
             "measurements",
         )
         .await;
     }
-    let mut rows = measurements::list(&state.pool, &filter).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| cursor::encode(r.time, r.id))
-    } else {
-        None
-    };
-    Ok(Json(Page {
-        items: rows.into_iter().map(Item::from).collect(),
-        next_cursor,
-    })
-    .into_response())
+    let rows = measurements::list(&pool, &filter).await?;
+    let page = Page::of(rows, limit, |r| cursor::encode(r.time, r.id), Item::from);
+    Ok(Json(page).into_response())
 }

@@ -2,23 +2,24 @@
 //! quarantined ones, and their bodies exactly as received.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::api::auth::{ApiKey, Scope};
+use crate::admin::{ApiKey, Scope};
+use crate::api::ApiSettings;
 use crate::api::export::{self, ExportRow, Format};
-use crate::api::measurements::Page;
+use crate::api::page::{self, Page};
 use crate::api::{cursor, params};
-use crate::app::AppState;
 use crate::error::{AppError, ErrorBody};
 use crate::store::messages::{self, MessageFilter, MessageRow};
+use crate::time_format::format_time;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -62,7 +63,7 @@ impl From<MessageRow> for Item {
             id: row.id,
             plug: row.plug,
             destination: row.destination,
-            received_at: params::format_time(row.received_at),
+            received_at: format_time(row.received_at),
             device: row.device,
             status: row.status,
             decode_error: row.decode_error,
@@ -116,15 +117,12 @@ impl ExportRow for MessageRow {
             (String = "application/x-ndjson"),
         )),
         (status = 400, description = "A parameter is invalid", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn list(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
+    State(settings): State<ApiSettings>,
     key: ApiKey,
     headers: HeaderMap,
     query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
@@ -149,25 +147,21 @@ pub async fn list(
         from: params::time("from", q.from.as_deref())?,
         to: params::time("to", q.to.as_deref())?,
         after: params::cursor(q.cursor.as_deref())?,
-        limit: limit + 1,
+        limit: page::fetch_limit(limit),
     };
     if format != Format::Json {
         let query = messages::select(&filter);
-        return export::stream::<MessageRow>(&state.api.stream_pool, query, format, "messages")
+        return export::stream::<MessageRow>(&settings.stream_pool, query, format, "messages")
             .await;
     }
-    let mut rows = messages::list(&state.pool, &filter).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| cursor::encode(r.received_at, r.id))
-    } else {
-        None
-    };
-    Ok(Json(Page {
-        items: rows.into_iter().map(Item::from).collect(),
-        next_cursor,
-    })
-    .into_response())
+    let rows = messages::list(&pool, &filter).await?;
+    let page = Page::of(
+        rows,
+        limit,
+        |r| cursor::encode(r.received_at, r.id),
+        Item::from,
+    );
+    Ok(Json(page).into_response())
 }
 
 /// A delivery's body exactly as received.
@@ -177,16 +171,12 @@ pub async fn list(
     responses(
         (status = 200, description = "The body bytes", content((String = "application/octet-stream"))),
         (status = 400, description = "Not a message id", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn raw(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
     key: ApiKey,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
@@ -194,7 +184,7 @@ pub async fn raw(
     let id: i64 = id
         .parse()
         .map_err(|_| AppError::bad_parameter("id", "expected a message id"))?;
-    let body = messages::raw_body(&state.pool, id)
+    let body = messages::raw_body(&pool, id)
         .await?
         .ok_or(AppError::NotFound("message".into()))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())

@@ -2,16 +2,14 @@
 //! and the admin operations.
 
 pub mod admin;
-pub mod auth;
-pub mod auth_limit;
 pub mod cursor;
 pub mod devices;
 pub mod docs;
 pub mod downlinks;
 pub mod export;
-pub mod live;
 pub mod measurements;
 pub mod messages;
+pub mod page;
 pub mod params;
 pub mod series;
 pub mod stream;
@@ -19,40 +17,50 @@ pub mod stream;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::routing::get;
+use sqlx::PgPool;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::admin::ApiKey;
+use crate::live::LiveHub;
+use admin::AdminState;
 
-/// Default of `--max-series-points`.
-pub const DEFAULT_MAX_SERIES_POINTS: u64 = 10_000;
-
-/// What the API keeps per process.
-pub struct ApiState {
-    pub live: Arc<live::LiveHub>,
-    pub auth_limiter: auth_limit::AuthLimiter,
+/// The API's settings, fixed at start.
+#[derive(Clone)]
+pub struct ApiSettings {
     /// Most points one `/series` answer may hold.
     pub max_series_points: u64,
     /// The pool exports read from (`store::Database::stream_pool`), apart from ingestion's.
-    pub stream_pool: sqlx::PgPool,
+    pub stream_pool: PgPool,
+    /// Whether KPN credentials are configured, so that downlinks can be sent.
+    pub downlinks_enabled: bool,
 }
 
-impl ApiState {
-    pub fn new(max_series_points: u64, stream_pool: sqlx::PgPool) -> ApiState {
-        ApiState {
-            stream_pool,
-            live: Arc::new(live::LiveHub::default()),
-            auth_limiter: auth_limit::AuthLimiter::default(),
+impl ApiSettings {
+    pub fn new(max_series_points: u64, stream_pool: PgPool, downlinks_enabled: bool) -> Self {
+        ApiSettings {
             max_series_points: max_series_points.max(1),
+            stream_pool,
+            downlinks_enabled,
         }
     }
 }
 
 /// Every documented route: the router and the OpenAPI document come from this one list, so
-/// they cannot diverge.
-fn documented() -> OpenApiRouter<Arc<AppState>> {
+/// they cannot diverge. Generic over the state: a handler asks for the substates it uses,
+/// and the top layer provides them.
+pub fn documented<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    PgPool: FromRef<S>,
+    ApiSettings: FromRef<S>,
+    AdminState: FromRef<S>,
+    Arc<LiveHub>: FromRef<S>,
+    ApiKey: FromRequestParts<S>,
+{
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .routes(routes!(devices::list))
         .routes(routes!(devices::get))
@@ -72,12 +80,21 @@ fn documented() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(downlinks::show, downlinks::cancel))
 }
 
-pub fn router() -> Router<Arc<AppState>> {
-    let (router, _) = documented().split_for_parts();
-    router.route("/openapi.json", get(docs::openapi_json))
-}
-
-/// The OpenAPI 3.1 document of this API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented().split_for_parts().1
+/// The routes under `/api/v1`, with the OpenAPI document (`/openapi.json`) made from them.
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    PgPool: FromRef<S>,
+    ApiSettings: FromRef<S>,
+    AdminState: FromRef<S>,
+    Arc<LiveHub>: FromRef<S>,
+    ApiKey: FromRequestParts<S>,
+{
+    let (router, mut openapi) = documented::<S>().split_for_parts();
+    utoipa::Modify::modify(&docs::SharedErrors, &mut openapi);
+    let document = axum::body::Bytes::from(docs::to_json(&openapi));
+    router.route(
+        "/openapi.json",
+        get(move || docs::openapi_json(document.clone())),
+    )
 }

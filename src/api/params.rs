@@ -1,6 +1,6 @@
 //! Query-parameter parsing shared by the API handlers, with errors that name the parameter.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::error::AppError;
 use crate::senml::time::storable;
@@ -81,39 +81,21 @@ pub fn cursor(value: Option<&str>) -> Result<Option<(DateTime<Utc>, i64)>, AppEr
         .transpose()
 }
 
-/// RFC 3339 in UTC with only as many fraction digits as needed: `2020-03-31T10:12:30.5Z`.
-pub fn format_time(time: DateTime<Utc>) -> String {
-    let text = time.to_rfc3339_opts(SecondsFormat::Micros, true);
-    // "....ss.ffffffZ": trim trailing zeros of the fraction, and the dot if nothing is left.
-    let without_z = &text[..text.len() - 1];
-    let trimmed = without_z.trim_end_matches('0').trim_end_matches('.');
-    format!("{trimmed}Z")
+/// A cursor of a list in id order that this API returned.
+pub fn id_cursor(value: Option<&str>) -> Result<Option<i64>, AppError> {
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            super::cursor::decode_id(v).ok_or_else(|| {
+                AppError::bad_parameter("cursor", "not a cursor returned by this API")
+            })
+        })
+        .transpose()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_are_short_but_exact() {
-        let t = |micros| DateTime::from_timestamp_micros(micros).unwrap();
-        assert_eq!(
-            format_time(t(1_585_649_550_500_000)),
-            "2020-03-31T10:12:30.5Z"
-        );
-        assert_eq!(
-            format_time(t(1_585_649_550_000_000)),
-            "2020-03-31T10:12:30Z"
-        );
-        assert_eq!(
-            format_time(t(1_585_649_550_000_001)),
-            "2020-03-31T10:12:30.000001Z"
-        );
-        assert_eq!(
-            format_time(t(1_585_649_560_000_000)),
-            "2020-03-31T10:12:40Z"
-        );
-    }
 
     #[test]
     fn limits() {

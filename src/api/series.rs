@@ -5,19 +5,20 @@
 //! so a dashboard cannot ask for a week at one-second buckets by accident.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
+use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::auth::{ApiKey, Scope};
+use crate::admin::{ApiKey, Scope};
+use crate::api::ApiSettings;
 use crate::api::{devices, params};
-use crate::app::AppState;
 use crate::error::{AppError, ErrorBody};
 use crate::store::series::{self, Aggregate, SeriesQuery};
+use crate::time_format::format_time;
 
 /// Names one request may ask for.
 pub const MAX_NAMES: usize = 100;
@@ -118,17 +119,14 @@ pub struct SeriesAnswer {
     responses(
         (status = 200, body = SeriesAnswer),
         (status = 400, description = "A parameter is missing or invalid", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
         (status = 404, description = "No such device", body = ErrorBody),
         (status = 422, description = "The answer would exceed the point limit", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn series(
-    State(state): State<Arc<AppState>>,
+    State(pool): State<PgPool>,
+    State(settings): State<ApiSettings>,
     key: ApiKey,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SeriesAnswer>, AppError> {
@@ -190,16 +188,16 @@ pub async fn series(
         }
     };
 
-    let device = devices::find(&state, &device).await?;
+    let device = devices::find(&pool, &device).await?;
     let first_bucket = bucket_start(from, every);
     let buckets_per_name = bucket_count(first_bucket, to, every);
     let points = buckets_per_name.saturating_mul(names.len() as u64);
-    let max_points = state.api.max_series_points;
+    let max_points = settings.max_series_points;
     if points > max_points {
         let per_name = (max_points / names.len() as u64).max(1);
         let span = (to - first_bucket).num_microseconds().unwrap_or(i64::MAX);
         let smallest = (span as u64).div_ceil(per_name) / 1_000_000 + 1;
-        return Err(AppError::Unprocessable(format!(
+        return Err(AppError::unprocessable(format!(
             "this request would return up to {points} points, more than the limit of \
              {max_points}: use a larger every (at least {smallest}s for this range and \
              {} name(s)), a shorter from/to range, or fewer names",
@@ -215,13 +213,13 @@ pub async fn series(
         every,
         aggregate,
     };
-    let mut found = series::buckets(&state.pool, &query).await?;
+    let mut found = series::buckets(&pool, &query).await?;
     let mut before = if fill == Fill::Previous {
-        series::values_before(&state.pool, device.id, &names, from).await?
+        series::values_before(&pool, device.id, &names, from).await?
     } else {
         HashMap::new()
     };
-    let mut units = series::units(&state.pool, device.id, &names).await?;
+    let mut units = series::units(&pool, device.id, &names).await?;
 
     let mut answer = Vec::with_capacity(names.len());
     for name in names {
@@ -230,7 +228,7 @@ pub async fn series(
             Fill::None => values
                 .into_iter()
                 .map(|(time, value)| Point {
-                    time: params::format_time(time),
+                    time: format_time(time),
                     value,
                 })
                 .collect(),
@@ -249,7 +247,7 @@ pub async fn series(
                         carried = value;
                     }
                     points.push(Point {
-                        time: params::format_time(bucket),
+                        time: format_time(bucket),
                         value,
                     });
                     bucket += every;
@@ -265,8 +263,8 @@ pub async fn series(
     }
     Ok(Json(SeriesAnswer {
         device: device.urn,
-        from: params::format_time(from),
-        to: params::format_time(to),
+        from: format_time(from),
+        to: format_time(to),
         every_seconds: every.num_seconds(),
         agg: aggregate.as_str().to_owned(),
         series: answer,

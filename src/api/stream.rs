@@ -16,11 +16,13 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
-use crate::api::auth::{ApiKey, Scope};
+use crate::admin::{ApiKey, Scope};
+use crate::api::measurements::Item;
 use crate::api::params;
-use crate::app::AppState;
 use crate::error::{AppError, ErrorBody};
+use crate::live::LiveHub;
 use crate::senml::device_key;
+use crate::store::live::LiveRow;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -40,15 +42,11 @@ pub struct StreamParams {
     responses(
         (status = 200, description = "An event stream: `event: measurement` with a Measurement as data; `event: dropped` before the server ends a stream that fell behind", content((String = "text/event-stream"))),
         (status = 400, description = "A parameter is invalid", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn stream(
-    State(state): State<Arc<AppState>>,
+    State(live): State<Arc<LiveHub>>,
     key: ApiKey,
     query: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
@@ -56,11 +54,11 @@ pub async fn stream(
     let Query(q) = query.map_err(|e| AppError::bad_parameter("query", e.body_text()))?;
     let device = params::text("device", q.device)?.map(|d| device_key(&d));
     let name = params::text("name", q.name)?;
-    let receiver = state.api.live.subscribe();
-    let closing = state.api.live.closing();
+    let receiver = live.subscribe();
+    let closing = live.closing();
 
     struct Subscription {
-        receiver: tokio::sync::broadcast::Receiver<Arc<crate::api::live::LiveMeasurement>>,
+        receiver: tokio::sync::broadcast::Receiver<Arc<LiveRow>>,
         device: Option<String>,
         name: Option<String>,
         closing: tokio_util::sync::CancellationToken,
@@ -85,14 +83,14 @@ pub async fn stream(
             match received {
                 Ok(m) => {
                     if s.device.as_ref().is_some_and(|d| *d != m.urn_key)
-                        || s.name.as_ref().is_some_and(|n| *n != m.item.name())
+                        || s.name.as_ref().is_some_and(|n| *n != m.measurement.name)
                     {
                         continue;
                     }
                     let event = Event::default()
                         .event("measurement")
-                        .id(m.id.to_string())
-                        .json_data(&m.item)
+                        .id(m.measurement.id.to_string())
+                        .json_data(Item::from(m.measurement.clone()))
                         .unwrap_or_else(|_| Event::default().comment("unencodable"));
                     return Some((Ok(event), s));
                 }

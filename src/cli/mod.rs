@@ -14,7 +14,7 @@ use crate::store::{Database, PoolSettings, key_check};
 /// Opens the database (starting the embedded cluster if `serve` is not running) and checks
 /// the secret key against it.
 pub async fn open(db_args: &DbArgs) -> anyhow::Result<(Database, SecretKey)> {
-    let key = crate::server::open_key_for_cli(db_args)?;
+    let key = crate::secrets::open_key(db_args)?;
     let database = Database::open(db_args, &PoolSettings::default()).await?;
     if let Err(e) = key_check::verify_or_init(&database.pool, &key).await {
         database.close().await;

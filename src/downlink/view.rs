@@ -6,8 +6,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Status;
-use crate::api::params::format_time;
 use crate::store::downlinks::DownlinkRow;
+use crate::time_format::format_time;
 
 /// A downlink and where it is in its life.
 #[derive(Debug, Serialize, ToSchema)]

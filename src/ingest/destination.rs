@@ -11,12 +11,12 @@ use chrono::Utc;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::AppError;
 use crate::ingest::headers::extra_headers;
 use crate::ingest::pipeline::Accepted;
 use crate::store::deliveries::RawDelivery;
 use crate::token::{BodyDigest, Token};
+use crate::web::state::Ingest;
 
 pub const PLUG_HEADER: &str = "things-plug-uuid";
 pub const TOKEN_HEADER: &str = "things-message-token";
@@ -26,7 +26,7 @@ const DOOR: &str = "destination";
 /// body is read: a flood of bodies without credentials then costs no memory, and a client
 /// that sends `Expect: 100-continue` gets its refusal instead of `100 Continue` (hyper sends
 /// that only when the body is first polled).
-pub async fn receive(State(state): State<Arc<AppState>>, request: Request) -> Response {
+pub async fn receive(State(state): State<Arc<Ingest>>, request: Request) -> Response {
     // Bounded concurrency: past the limit, answer at once instead of queueing without end.
     let Ok(_permit) = state.ingest_slots.try_acquire() else {
         return count(Err(AppError::Overloaded)).into_response();
@@ -51,7 +51,7 @@ fn count(result: Result<Response, AppError>) -> Result<Response, AppError> {
 #[derive(Clone, Copy)]
 struct Outcome(&'static str);
 
-async fn receive_inner(state: &AppState, request: Request) -> Result<Response, AppError> {
+async fn receive_inner(state: &Ingest, request: Request) -> Result<Response, AppError> {
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
     // Size first: a declared length over the limit is refused whatever else is wrong.

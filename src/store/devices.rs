@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
+use super::measurements::StoredValue;
+
 #[derive(Debug, sqlx::FromRow)]
 pub struct DeviceRow {
     pub id: i64,
@@ -58,26 +60,14 @@ pub async fn find(pool: &PgPool, urn_key: &str) -> Result<Option<DeviceRow>, sql
     .await
 }
 
+/// The newest measurement of one name of a device.
 #[derive(Debug, sqlx::FromRow)]
 pub struct LatestRow {
     pub name: String,
     pub time: DateTime<Utc>,
     pub unit: Option<String>,
-    pub value: Option<f64>,
-    /// As stored: see [`LatestRow::string`].
-    pub string_value: Option<String>,
-    pub string_escaped: Option<bool>,
-    pub bool_value: Option<bool>,
-    pub data_value: Option<Vec<u8>>,
-    pub sum: Option<f64>,
-}
-
-impl LatestRow {
-    /// The string value exactly as received.
-    pub fn string(&mut self) -> Option<String> {
-        let text = self.string_value.take()?;
-        Some(super::stored_text::from_storage(text, self.string_escaped))
-    }
+    #[sqlx(flatten)]
+    pub stored: StoredValue,
 }
 
 /// The newest value of every measurement name of a device: one primary-key range read.

@@ -31,7 +31,8 @@ impl Inserted {
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
+/// One newly stored measurement, with its device's normalised URN for filtering.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LiveRow {
     pub urn_key: String,
     #[sqlx(flatten)]

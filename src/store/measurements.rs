@@ -3,15 +3,23 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MeasurementRow {
     pub id: i64,
     pub device: String,
     pub name: String,
     pub unit: Option<String>,
     pub time: DateTime<Utc>,
+    #[sqlx(flatten)]
+    pub stored: StoredValue,
+}
+
+/// The value columns of a measurement, as `measurements` and `latest_values` both store
+/// them: one of number, string, boolean or data, or only a sum.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredValue {
     pub value: Option<f64>,
-    /// As stored: see [`MeasurementRow::string`].
+    /// As stored: see [`StoredValue::string`].
     pub string_value: Option<String>,
     pub string_escaped: Option<bool>,
     pub bool_value: Option<bool>,
@@ -19,7 +27,7 @@ pub struct MeasurementRow {
     pub sum: Option<f64>,
 }
 
-impl MeasurementRow {
+impl StoredValue {
     /// The string value exactly as received.
     pub fn string(&mut self) -> Option<String> {
         let text = self.string_value.take()?;

@@ -1,44 +1,17 @@
-//! `Authorization: Bearer KEY` for the dashboard API.
+//! `Authorization: Bearer KEY` for the dashboard API, `/readyz` details and `/metrics`.
+//!
+//! Authentication is HTTP's business and lives here; what a key may do ([`ApiKey`],
+//! scopes) is the admin domain's. Handlers below the web layer just take an [`ApiKey`]
+//! argument: this impl works for any state that offers an [`ApiKeyState`].
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
 
-use crate::app::AppState;
+use crate::admin::{ApiKey, key_hash};
 use crate::error::AppError;
-
-/// What an API key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    Read,
-    Downlink,
-    Admin,
-}
-
-impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Downlink, Scope::Admin];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Read => "read",
-            Scope::Downlink => "downlink",
-            Scope::Admin => "admin",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Scope> {
-        Scope::ALL.into_iter().find(|s| s.as_str() == text.trim())
-    }
-}
-
-/// The hash under which a key is stored and looked up.
-pub fn key_hash(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
+use crate::web::state::ApiKeyState;
 
 /// The key of an `Authorization: Bearer KEY` value; the scheme is case-insensitive
 /// (RFC 9110, section 11.1).
@@ -48,30 +21,15 @@ fn bearer(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }
 
-/// A request carrying a live API key.
-pub struct ApiKey {
-    scopes: Vec<String>,
-}
-
-impl ApiKey {
-    /// Fails with 403 unless the key has `scope` (`admin` implies every scope).
-    pub fn require(&self, scope: Scope) -> Result<(), AppError> {
-        let has = |s: Scope| self.scopes.iter().any(|x| x == s.as_str());
-        if has(scope) || has(Scope::Admin) {
-            Ok(())
-        } else {
-            Err(AppError::Forbidden(scope.as_str()))
-        }
-    }
-}
-
-impl FromRequestParts<Arc<AppState>> for ApiKey {
+impl<S> FromRequestParts<S> for ApiKey
+where
+    ApiKeyState: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = AppError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = ApiKeyState::from_ref(state);
         let key = parts
             .headers
             .get(AUTHORIZATION)
@@ -84,7 +42,7 @@ impl FromRequestParts<Arc<AppState>> for ApiKey {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        let limiter = &state.api.auth_limiter;
+        let limiter = &state.limiter;
         // An address over the limit costs no lookup per key, but a valid key still works
         // (clients behind one NAT or proxy share an address).
         if let Some(address) = address
@@ -97,13 +55,13 @@ impl FromRequestParts<Arc<AppState>> for ApiKey {
             Ok(scopes) => scopes,
             // The database cannot say; a key it accepted a moment ago is still good.
             Err(e) => match limiter.recent_scopes(&hash) {
-                Some(scopes) => return Ok(ApiKey { scopes }),
+                Some(scopes) => return Ok(ApiKey::authenticated(scopes)),
                 None => return Err(e.into()),
             },
         };
         if let Some(scopes) = scopes {
             limiter.succeeded(hash, &scopes);
-            return Ok(ApiKey { scopes });
+            return Ok(ApiKey::authenticated(scopes));
         }
         // A wrong key: counted per client address; past the limit the answer says to wait.
         limiter.forget(&hash);

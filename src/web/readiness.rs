@@ -2,7 +2,7 @@
 //!
 //! A load balancer needs only the status code and a word; the details (database error text,
 //! destination and spool counts) help an attacker as much as an operator, so they are sent
-//! only with a valid `read` API key. `app::readyz` lists the conditions; each one records its
+//! only with a valid `read` API key. `web::health::readyz` lists the conditions; each one records its
 //! detail and, when it is not met, lowers the level here.
 
 use axum::Json;

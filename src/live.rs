@@ -7,6 +7,9 @@
 //! bounded broadcast channel. Ingestion never waits for any of this: NOTIFY is queued by
 //! PostgreSQL, and a subscriber that falls more than [`CAPACITY`] measurements behind loses
 //! its place in the channel and is disconnected instead of holding anything up.
+//!
+//! The hub publishes store rows, not any answer's shape: the SSE endpoint (`api::stream`)
+//! turns them into its JSON, and another consumer may turn them into something else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,25 +19,15 @@ use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::measurements::Item;
-use crate::store::live::{self, CHANNEL, Inserted};
+use crate::store::live::{self, CHANNEL, Inserted, LiveRow};
 
 /// Measurements a subscriber may lag behind before it is dropped.
 pub const CAPACITY: usize = 4096;
 /// Statements announcing more rows than this are not streamed (bulk loads).
 const MAX_ROWS_PER_NOTIFICATION: i64 = 100_000;
 
-/// One newly stored measurement as subscribers see it.
-#[derive(Debug)]
-pub struct LiveMeasurement {
-    pub id: i64,
-    /// The device's normalised URN, for filtering.
-    pub urn_key: String,
-    pub item: Item,
-}
-
 pub struct LiveHub {
-    sender: broadcast::Sender<Arc<LiveMeasurement>>,
+    sender: broadcast::Sender<Arc<LiveRow>>,
     /// Cancelled when the server shuts down, so open streams end and do not hold it up.
     closing: CancellationToken,
 }
@@ -49,7 +42,7 @@ impl Default for LiveHub {
 }
 
 impl LiveHub {
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveMeasurement>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveRow>> {
         self.sender.subscribe()
     }
 
@@ -111,11 +104,7 @@ impl LiveHub {
             }
             for row in live::fetch(pool, &inserted).await? {
                 // An error only means nobody subscribes right now.
-                let _ = self.sender.send(Arc::new(LiveMeasurement {
-                    id: row.measurement.id,
-                    urn_key: row.urn_key,
-                    item: Item::from(row.measurement),
-                }));
+                let _ = self.sender.send(Arc::new(row));
             }
         }
     }
