@@ -973,6 +973,7 @@ async fn times_outside_years_1_to_9999_are_quarantined_without_degrading_the_bat
 
     let metrics = client
         .get(server.url("/metrics"))
+        .bearer_auth(&key)
         .send()
         .await
         .unwrap()
