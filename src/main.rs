@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match args.command {
-            Command::Serve(serve) => server::run(&args.db, &serve).await.map(|()| true),
+            Command::Serve(serve) => server::serve(&args.db, &serve).await.map(|()| true),
             Command::Destinations(command) => cli::destinations::run(&args.db, command)
                 .await
                 .map(|()| true),

@@ -1,4 +1,5 @@
-//! The dashboard and admin API over real HTTPS against a real PostgreSQL: every endpoint, its
+//! The dashboard and admin API over real HTTPS against a real PostgreSQL (the server runs in
+//! this process, `Env::serve_in_process`): every endpoint, its
 //! errors and its scope checks.
 
 mod common;
@@ -44,7 +45,7 @@ async fn devices_are_listed_found_and_show_their_latest_values() {
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
     let key = env.api_key("reader", "read");
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     for (device, n) in [(SENSOR, 3), (OTHER, 2)] {
         for i in 0..n {
@@ -162,7 +163,7 @@ async fn series_are_bucketed_aggregated_filled_and_bounded() {
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
     let key = env.api_key("reader", "read");
-    let server = env.serve(&["--max-series-points", "100"]);
+    let server = env.serve_in_process(&["--max-series-points", "100"]).await;
     let client = client();
     // Minute 0: 1, 2, 3; minute 1: nothing; minute 2: 10. Humidity only in minute 0.
     let body = pack(
@@ -308,7 +309,7 @@ async fn exports_stream_every_row_as_csv_or_ndjson() {
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
     let key = env.api_key("reader", "read");
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     // More rows than the largest page, so that a page limit would show.
     let records: Vec<(&str, i64, f64)> = (0..1500).map(|i| ("level", T0 + i, i as f64)).collect();
@@ -438,8 +439,8 @@ async fn the_live_stream_carries_new_measurements_across_replicas() {
     let plug = env.add_destination("d", &[]);
     let key = env.api_key("reader", "read");
     // Two replicas on one database: ingest on one, stream from the other.
-    let ingesting = env.serve(&[]);
-    let streaming = env.serve(&[]);
+    let ingesting = env.serve_in_process(&[]).await;
+    let streaming = env.serve_in_process(&[]).await;
     let client = client();
 
     let response = client
@@ -497,7 +498,7 @@ async fn admins_manage_destinations_and_keys_through_the_api() {
     let env = Env::new().await;
     let admin = env.api_key("root", "admin");
     let reader = env.api_key("reader", "read");
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     let plug = uuid::Uuid::new_v4();
 
@@ -787,7 +788,7 @@ async fn admins_manage_destinations_and_keys_through_the_api() {
 async fn read_endpoints_need_the_read_scope() {
     let env = Env::new().await;
     let downlinker = env.api_key("downlinker", "downlink");
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     for path in [
         "/api/v1/devices",
@@ -818,7 +819,7 @@ async fn read_endpoints_need_the_read_scope() {
 async fn repeated_failed_authentication_is_rate_limited() {
     let env = Env::new().await;
     let key = env.api_key("reader", "read");
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     let limit = things_receiver::web::auth_limit::MAX_FAILURES;
     for _ in 0..limit {
@@ -877,7 +878,7 @@ async fn repeated_failed_authentication_is_rate_limited() {
 #[tokio::test]
 async fn the_openapi_document_and_docs_page_are_served_offline() {
     let env = Env::new().await;
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     let response = client
         .get(server.url("/api/v1/openapi.json"))
@@ -918,7 +919,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_and_ingestion_goes_on() {
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
     let key = env.api_key("reader", "read");
-    let server = env.serve(&["--plain-http"]);
+    let server = env.serve_in_process(&["--plain-http"]).await;
     let client = client();
 
     // A subscriber with a tiny receive window that reads nothing.
@@ -990,7 +991,7 @@ async fn string_values_with_nul_come_back_exactly_from_every_answer() {
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
     let key = env.api_key("reader", "read");
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     let exact = "a\u{0}b\\u0000\"c\u{0}";
 

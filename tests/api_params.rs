@@ -1,8 +1,8 @@
 //! Every query and path parameter of every API endpoint gets a fixed set of hostile values
 //! (NUL, bad UTF-8, huge and negative numbers, times outside what can be stored, forged
-//! cursors, overlong text, empty and repeated parameters) against a real server and a real
-//! PostgreSQL: no answer may be a 5xx. A bad parameter is the client's error, never a
-//! "cannot be stored right now".
+//! cursors, overlong text, empty and repeated parameters) against a real server (in this
+//! process) and a real PostgreSQL: no answer may be a 5xx. A bad parameter is the client's
+//! error, never a "cannot be stored right now".
 
 mod common;
 #[path = "common/fake_kpn.rs"]
@@ -237,12 +237,20 @@ async fn no_parameter_value_gets_a_5xx_from_any_endpoint() {
     let env = Env::new().await;
     let key = env.api_key("fuzz", "admin");
     let plug = env.add_destination("lora", &[]);
-    let mut cmd = env.command();
-    cmd.env("KPN_CLIENT_ID", CLIENT_ID)
-        .env("KPN_CLIENT_SECRET", CLIENT_SECRET)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(fake.flags());
-    let server = env.with_status_key(Server::start(cmd));
+    // In this process the credentials come from a file: the environment is the test's own.
+    let credentials = env.data_dir.path().join("kpn.env");
+    std::fs::write(
+        &credentials,
+        format!("KPN_CLIENT_ID={CLIENT_ID}\nKPN_CLIENT_SECRET={CLIENT_SECRET}\n"),
+    )
+    .unwrap();
+    let mut flags = fake.flags();
+    flags.extend([
+        "--kpn-credentials-file".into(),
+        credentials.display().to_string(),
+    ]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = env.serve_in_process(&flags).await;
     let client = client();
     wait_ready(&client, &server, |j| j["destinations"]["bound"] == 1).await;
     let stored = deliver(

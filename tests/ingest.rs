@@ -1,4 +1,5 @@
-//! Destination ingestion end to end: the real binary over HTTPS against a real PostgreSQL.
+//! Destination ingestion end to end over HTTPS against a real PostgreSQL: the answers and
+//! what is stored on the in-process server; restarts, outages and metrics on the real binary.
 
 mod common;
 
@@ -12,7 +13,7 @@ async fn fixtures_are_stored_and_read_back_resolved() {
     let env = Env::new().await;
     let plug = env.add_destination("lora", &[]);
     let key = env.api_key("dash", "read");
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
 
     for name in [
@@ -135,7 +136,7 @@ async fn fixtures_are_stored_and_read_back_resolved() {
 async fn malformed_headers_are_400_with_a_reason() {
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     let body = fixture("value-kinds.json");
     let token = Token::sign(&body, SECRET.as_bytes()).to_hex();
@@ -213,7 +214,7 @@ async fn malformed_headers_are_400_with_a_reason() {
 async fn unknown_plug_and_wrong_token_look_the_same() {
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     let body = fixture("value-kinds.json");
 
@@ -264,7 +265,7 @@ async fn unknown_plug_and_wrong_token_look_the_same() {
 async fn oversized_bodies_are_413_before_anything_else() {
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
-    let server = env.serve(&["--max-body", "1KiB"]);
+    let server = env.serve_in_process(&["--max-body", "1KiB"]).await;
     let client = client();
 
     let fits = format!(
@@ -301,7 +302,7 @@ async fn oversized_bodies_are_413_before_anything_else() {
 async fn a_delivery_is_stored_once_however_often_it_arrives() {
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     let body = fixture("value-kinds.json");
 
@@ -336,7 +337,7 @@ async fn verified_bodies_that_are_not_senml_are_quarantined_not_lost() {
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
     let key = env.api_key("dash", "read");
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
 
     let cases: [(&[u8], &str); 6] = [
@@ -398,7 +399,7 @@ async fn verified_bodies_that_are_not_senml_are_quarantined_not_lost() {
 #[tokio::test]
 async fn a_pending_destination_is_bound_by_its_first_delivery() {
     let env = Env::new().await;
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
 
     // Added while the server runs: the change must reach it through PostgreSQL.
@@ -446,7 +447,7 @@ async fn a_pending_destination_is_bound_by_its_first_delivery() {
 async fn rotation_keeps_the_old_secret_valid_for_the_overlap_only() {
     let env = Env::new().await;
     let plug = env.add_destination("d", &[]);
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     let second = "Second#Secret-0123456789abcdefghij";
     let third = "Third#Secret-0123456789abcdefghijk";
@@ -531,7 +532,7 @@ async fn required_static_headers_are_checked_and_extra_headers_kept() {
         ],
     );
     let key = env.api_key("dash", "read");
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
     let body = fixture("lora-raw-legacy.json");
     let token = Token::sign(&body, SECRET.as_bytes()).to_hex();
@@ -579,7 +580,7 @@ async fn the_api_requires_a_key_with_the_read_scope() {
     let admin = env.api_key("admin", "admin");
     let revoked = env.api_key("old", "read");
     env.cli_ok(&["api-keys", "revoke", "old"]);
-    let server = env.serve(&[]);
+    let server = env.serve_in_process(&[]).await;
     let client = client();
 
     for n in 0..5 {

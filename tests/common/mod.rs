@@ -1,4 +1,5 @@
-//! Test harness: a real PostgreSQL, the real binary, real HTTPS.
+//! Test harness: a real PostgreSQL, the real binary (or the same server inside the test
+//! process, [`Env::serve_in_process`]), real HTTPS.
 //!
 //! When `DATABASE_URL` is set, each test gets a fresh database on that server. Otherwise one
 //! private cluster per test binary is started from the system's PostgreSQL binaries (the same
@@ -17,6 +18,7 @@ use things_receiver::store::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use things_receiver::token::Token;
 use tokio::sync::OnceCell;
 
+pub mod in_process;
 pub mod load;
 pub mod raw_tls;
 
@@ -212,9 +214,10 @@ fn cli_command(data_dir: &Path, database_url: &str) -> Command {
     cmd
 }
 
-/// A running `things-receiver serve` process, killed when dropped.
+/// A running server: a `things-receiver serve` process, killed when dropped, or one started
+/// inside the test process ([`Env::serve_in_process`]), stopped when dropped.
 pub struct Server {
-    child: Child,
+    process: Process,
     pub base_url: String,
     pub banner: String,
     /// The `read` key the harness shows to `/readyz` for its details.
@@ -279,7 +282,7 @@ impl Server {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Server {
-            child,
+            process: Process::Child(child),
             base_url,
             banner,
             status_key: std::sync::OnceLock::new(),
@@ -307,14 +310,17 @@ impl Server {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        match &self.process {
+            Process::Child(child) => child.id() as i32,
+            Process::InProcess(_) => panic!("an in-process server has no process of its own"),
+        }
     }
 
     /// Waits for the process to exit by itself (after a signal the test sent).
     pub async fn wait_exit(mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.process.try_wait() {
                 return status;
             }
             assert!(Instant::now() < deadline, "serve did not exit");
@@ -326,14 +332,17 @@ impl Server {
     /// connections keep being served (an HTTP/2 client must answer the server's GOAWAY ping
     /// for a graceful close).
     pub async fn stop(mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid()),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        match &self.process {
+            Process::Child(child) => nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap(),
+            Process::InProcess(server) => server.shutdown.trigger(),
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.process.try_wait() {
                 return status;
             }
             assert!(
@@ -347,8 +356,30 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.process {
+            Process::Child(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Process::InProcess(server) => server.stop_now(),
+        }
+    }
+}
+
+/// What runs the server of a [`Server`].
+enum Process {
+    Child(Child),
+    InProcess(in_process::Running),
+}
+
+impl Process {
+    /// The exit status once it has stopped (an in-process server "exits" 0 when `run`
+    /// returned `Ok`, 1 otherwise).
+    fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        match self {
+            Process::Child(child) => child.try_wait().unwrap(),
+            Process::InProcess(server) => server.try_wait(),
+        }
     }
 }
 

@@ -1,0 +1,205 @@
+//! `run`: starts everything one server is made of on an already bound listener, serves until
+//! the shutdown is triggered, then stops it all in order. It waits for no OS signal and
+//! installs nothing process-wide that a second call would trip over, so a test can run
+//! several servers in one process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum_server::Handle;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::hardening::{ConnectionLimits, GuardAcceptor};
+use crate::ingest::secret_cache::SecretCache;
+use crate::store::{key_check, partitions};
+use crate::tls;
+use crate::web::router;
+
+use super::banner::print_banner;
+use super::http::harden;
+use super::settings::Settings;
+use super::shutdown::Shutdown;
+use super::state;
+use super::tls_setup::TlsSetup;
+
+/// How long in-flight requests may take to finish once shutdown starts.
+const GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// Serves on `listener` until `shutdown` is triggered (a second trigger stops at once), then
+/// finishes the writes of accepted deliveries, stops the background tasks and closes the
+/// database. Returns once everything has stopped.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let Settings {
+        data_dir,
+        serve: args,
+        key,
+        tls,
+        database,
+        banner,
+    } = settings;
+    let served = async {
+        key_check::verify_or_init(&database.pool, &key).await?;
+        // Stops the background tasks once the listener and the writer are done.
+        let tasks = CancellationToken::new();
+        // Not fatal: the DEFAULT partition takes every row until the monthly ones exist, and
+        // the maintenance task tries again.
+        if let Err(e) = partitions::ensure(&database.pool, chrono::Utc::now()).await {
+            tracing::warn!(error = %e, "cannot create measurements partitions yet");
+        }
+        spawn_maintenance(database.pool.clone(), args.retention, tasks.clone());
+        let secrets = SecretCache::load(database.pool.clone(), key.clone())
+            .await
+            .context("cannot load destinations")?;
+        secrets.clone().spawn_refresher(tasks.clone());
+        let downlink_worker = crate::downlink::worker::start(&database.pool, &args, &tasks)?;
+        let TlsSetup {
+            config: mut rustls_config,
+            reloader,
+            acme,
+            source: cert_source,
+        } = tls;
+        if let Some(reloader) = reloader {
+            reloader.spawn(tasks.clone());
+        }
+        if let Some(acme) = acme {
+            rustls_config = Some(Arc::new(acme.spawn(tasks.clone())));
+        }
+
+        let wired = state::build(
+            &database,
+            &args,
+            &data_dir,
+            &key,
+            &secrets,
+            downlink_worker.as_ref(),
+            &tasks,
+        )?;
+        let live = wired.state.live.clone();
+        let metrics_bound = match args.metrics_listen {
+            Some(addr) => Some(
+                crate::web::metrics::spawn_listener(addr, wired.state.clone(), tasks.clone())
+                    .await?,
+            ),
+            None => None,
+        };
+        let app = router(wired.state).into_make_service_with_connect_info::<SocketAddr>();
+
+        let local = listener.local_addr()?;
+        let handle: Handle<SocketAddr> = Handle::new();
+        let server = {
+            let handle = handle.clone();
+            let limits = args.limits.clone();
+            async move {
+                let guard = GuardAcceptor::new(ConnectionLimits {
+                    max_connections: limits.max_connections as usize,
+                    max_connections_per_ip: limits.max_connections_per_ip as usize,
+                    idle_timeout: limits.idle_timeout,
+                    request_timeout: limits.request_timeout,
+                });
+                let server = axum_server::Server::<SocketAddr>::from_listener(listener);
+                match rustls_config {
+                    Some(config) => {
+                        let acceptor = tls::acme::ChallengeCloser(
+                            RustlsAcceptor::new(RustlsConfig::from_config(config))
+                                .handshake_timeout(limits.tls_handshake_timeout)
+                                .acceptor(guard),
+                        );
+                        let server = server.acceptor(acceptor);
+                        harden(server, &limits).handle(handle).serve(app).await
+                    }
+                    None => {
+                        let server = server.acceptor(guard);
+                        harden(server, &limits).handle(handle).serve(app).await
+                    }
+                }
+            }
+        };
+        let mut server = tokio::spawn(server);
+
+        let Some(bound) = handle.listening().await else {
+            // The server task ended before listening: report its error.
+            let error = match server.await {
+                Ok(Err(e)) => anyhow::Error::new(e),
+                Ok(Ok(())) => anyhow::anyhow!("the server stopped before listening"),
+                Err(e) => anyhow::Error::new(e),
+            };
+            return Err(error.context(format!("cannot listen on {local}")));
+        };
+        if banner {
+            print_banner(
+                bound,
+                &args,
+                &database,
+                &cert_source,
+                &data_dir,
+                key.origin(),
+                &secrets,
+                metrics_bound,
+            );
+        }
+
+        tokio::select! {
+            _ = shutdown.started() => {}
+            // The listener failed on its own: stop the rest as for a shutdown.
+            result = &mut server => {
+                tracing::error!("the listener stopped unexpectedly");
+                result??;
+            }
+        }
+        tracing::info!("shutting down: finishing requests in flight");
+        live.close();
+        handle.graceful_shutdown(Some(GRACE_PERIOD));
+        if !server.is_finished() {
+            // A second trigger forces the exit.
+            tokio::select! {
+                result = server => { result??; }
+                _ = shutdown.forced() => {
+                    tracing::warn!("second signal: stopping now");
+                    handle.shutdown();
+                }
+            }
+        }
+        wired.writer_task.finish().await;
+        tasks.cancel();
+        if let Some(worker) = downlink_worker {
+            // It settles the downlinks it holds (each call is bounded by --kpn-timeout).
+            let _ = worker.task.await;
+        }
+        tracing::info!("stopped");
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    database.close().await;
+    served
+}
+
+/// Hourly: partitions for the coming months, and retention.
+fn spawn_maintenance(pool: sqlx::PgPool, retention: Option<Duration>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = chrono::Utc::now();
+            if let Err(e) = partitions::ensure(&pool, now).await {
+                tracing::warn!(error = %e, "cannot create measurements partitions");
+            }
+            if let Some(retention) = retention
+                && let Err(e) = partitions::drop_expired(&pool, now, retention).await
+            {
+                tracing::warn!(error = %e, "cannot drop expired measurements partitions");
+            }
+        }
+    });
+}

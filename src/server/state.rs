@@ -1,0 +1,77 @@
+//! The one place where the request state is put together from the started parts: the
+//! writer, the spool and its replayer, the pipeline, the live hub and what the handlers read.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeArgs;
+use crate::downlink::worker::Running;
+use crate::ingest::pipeline::Pipeline;
+use crate::ingest::secret_cache::SecretCache;
+use crate::ingest::writer::{Writer, WriterConfig, WriterTask};
+use crate::secrets::SecretKey;
+use crate::spool::Spool;
+use crate::store::Database;
+use crate::web::state::{ApiKeyState, AppState, Ingest};
+
+/// The request state and what `run` stops by hand at shutdown.
+pub(super) struct Wired {
+    pub state: AppState,
+    /// Finished after the listener has stopped, so every accepted delivery is written.
+    pub writer_task: WriterTask,
+}
+
+/// Starts the writer, opens the spool under `data_dir/spool` and starts its replayer and
+/// the live listener (both stop on `tasks`), and builds the state the router serves.
+pub(super) fn build(
+    database: &Database,
+    args: &ServeArgs,
+    data_dir: &Path,
+    key: &SecretKey,
+    secrets: &Arc<SecretCache>,
+    downlink_worker: Option<&Running>,
+    tasks: &CancellationToken,
+) -> anyhow::Result<Wired> {
+    let writer_config = WriterConfig {
+        max_batch: args.writer_batch,
+        concurrency: args.writer_concurrency,
+        ..WriterConfig::default()
+    };
+    let (writer, writer_task) = Writer::start(database.pool.clone(), writer_config);
+    let spool_dir = data_dir.join("spool");
+    let spool = Spool::open(&spool_dir, args.spool_max as u64)
+        .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
+    spool.spawn_replayer(writer.clone(), database.pool.clone(), tasks.clone());
+    let live = Arc::new(crate::live::LiveHub::default());
+    live.clone()
+        .spawn_listener(database.stream_pool.clone(), tasks.clone());
+    let state = AppState {
+        pool: database.pool.clone(),
+        ingest: Arc::new(Ingest {
+            secrets: secrets.clone(),
+            pipeline: Pipeline::new(writer, spool, args.spool_after),
+            ingest_slots: tokio::sync::Semaphore::new(args.max_inflight.max(1)),
+            max_body: args.max_body,
+        }),
+        api_keys: ApiKeyState {
+            pool: database.pool.clone(),
+            limiter: Arc::default(),
+        },
+        live,
+        api: crate::api::ApiSettings::new(
+            args.max_series_points,
+            database.stream_pool.clone(),
+            downlink_worker.is_some(),
+        ),
+        admin: crate::api::admin::AdminState {
+            key: key.clone(),
+            secrets: secrets.clone(),
+        },
+        metrics: crate::metrics::install(),
+        downlink_worker: downlink_worker.map(|w| w.health.clone()),
+    };
+    Ok(Wired { state, writer_task })
+}
