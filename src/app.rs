@@ -3,33 +3,26 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, get, on};
+use axum::routing::get;
 use sqlx::PgPool;
 use tower::util::MapRequestLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::api::auth::{ApiKey, Scope};
-use crate::ingest::destination;
-use crate::ingest::pipeline::Pipeline;
-use crate::ingest::secret_cache::SecretCache;
+use crate::ingest::IngestState;
 use crate::readiness::Readiness;
 use crate::request_id;
 
 /// What every request handler can reach.
 pub struct AppState {
     pub pool: PgPool,
-    pub secrets: Arc<SecretCache>,
-    /// Makes verified deliveries durable (writer, then spool).
-    pub pipeline: Pipeline,
-    /// Ingest requests allowed in flight at once.
-    pub ingest_slots: tokio::sync::Semaphore,
-    /// Largest accepted ingest body, in bytes.
-    pub max_body: usize,
+    /// What the ingest doors use: secret cache, pipeline, in-flight slots, body limit.
+    pub ingest: IngestState,
     /// Renders the Prometheus metrics.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Whether KPN credentials are configured, so that downlinks can be sent.
@@ -42,16 +35,15 @@ pub struct AppState {
     pub api: Arc<crate::api::ApiState>,
 }
 
+impl FromRef<Arc<AppState>> for IngestState {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.ingest.clone()
+    }
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
-    // The door reads its body itself, under `--max-body`, once the head has been checked.
     Router::new()
-        .route(
-            "/ingest/kpn",
-            on(
-                MethodFilter::POST.or(MethodFilter::GET),
-                destination::receive,
-            ),
-        )
+        .merge(crate::ingest::doors::routes())
         .nest("/api/v1", crate::api::router())
         .route("/metrics", get(crate::metrics::render))
         .merge(crate::api::docs::router())
@@ -104,7 +96,7 @@ async fn readyz(State(state): State<Arc<AppState>>, mut parts: Parts) -> Respons
             "migrations pending".to_owned()
         }
         Err(e) => {
-            if state.pipeline.spool().accepting() {
+            if state.ingest.pipeline.spool().accepting() {
                 readiness.degrade("spooling");
             } else {
                 readiness.fail();
@@ -114,18 +106,18 @@ async fn readyz(State(state): State<Arc<AppState>>, mut parts: Parts) -> Respons
     };
     readiness.detail("database", database);
 
-    let (bound, pending, version) = state.secrets.stats();
+    let (bound, pending, version) = state.ingest.secrets.stats();
     readiness.detail(
         "destinations",
         serde_json::json!({
             "bound": bound,
             "pending": pending,
             "version": format!("{version:016x}"),
-            "current": state.secrets.is_current(),
+            "current": state.ingest.secrets.is_current(),
         }),
     );
 
-    let (spooled, spool_bytes) = state.pipeline.spool().depth();
+    let (spooled, spool_bytes) = state.ingest.pipeline.spool().depth();
     readiness.detail(
         "spool",
         serde_json::json!({ "deliveries": spooled, "bytes": spool_bytes }),

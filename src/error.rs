@@ -127,6 +127,13 @@ impl From<crate::admin::AdminError> for AppError {
     }
 }
 
+impl From<crate::ingest::pipeline::PipelineError> for AppError {
+    /// Not durable: 503 with `Retry-After`, so that KPN tries the delivery again.
+    fn from(error: crate::ingest::pipeline::PipelineError) -> Self {
+        AppError::Unavailable(error.to_string())
+    }
+}
+
 impl From<axum::extract::rejection::JsonRejection> for AppError {
     /// Unreadable JSON is a bad request; JSON of the wrong shape is unprocessable.
     fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {

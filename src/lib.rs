@@ -19,7 +19,6 @@ pub mod request_id;
 pub mod secrets;
 pub mod senml;
 pub mod server;
-pub mod spool;
 pub mod store;
 pub mod tls;
 pub mod token;

@@ -101,7 +101,7 @@ fn text(state: &AppState) -> Response {
     let pool = &state.pool;
     metrics::gauge!("things_db_pool_connections").set(pool.size() as f64);
     metrics::gauge!("things_db_pool_idle").set(pool.num_idle() as f64);
-    let (records, bytes) = state.pipeline.spool().depth();
+    let (records, bytes) = state.ingest.pipeline.spool().depth();
     metrics::gauge!("things_spool_records").set(records as f64);
     metrics::gauge!("things_spool_bytes").set(bytes as f64);
     let text = state

@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{AppState, router};
 use crate::config::{DbArgs, LimitArgs, ServeArgs};
 use crate::hardening::{ConnectionLimits, GuardAcceptor, LimitReached};
+use crate::ingest::IngestState;
 use crate::ingest::pipeline::Pipeline;
-use crate::ingest::secret_cache::SecretCache;
+use crate::ingest::spool::Spool;
+use crate::ingest::verify::destinations::SecretCache;
 use crate::ingest::writer::{Writer, WriterConfig};
 use crate::secrets::SecretKey;
-use crate::spool::Spool;
 use crate::store::{Database, PoolSettings, key_check, partitions};
 use crate::tls;
 use crate::tls::reload::{CertPair, Reloader};
@@ -113,10 +114,12 @@ async fn serve_with(
         .spawn_listener(database.stream_pool.clone(), shutdown.clone());
     let state = Arc::new(AppState {
         pool: database.pool.clone(),
-        secrets: secrets.clone(),
-        pipeline: Pipeline::new(writer, spool, args.spool_after),
-        ingest_slots: tokio::sync::Semaphore::new(args.max_inflight.max(1)),
-        max_body: args.max_body,
+        ingest: IngestState::new(
+            secrets.clone(),
+            Pipeline::new(writer, spool, args.spool_after),
+            args.max_inflight,
+            args.max_body,
+        ),
         metrics: crate::metrics::install(),
         downlinks_enabled: downlink_worker.is_some(),
         downlink_worker: downlink_worker.as_ref().map(|w| w.health.clone()),

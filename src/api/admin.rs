@@ -344,7 +344,7 @@ fn path_text(name: &'static str, value: String) -> Result<String, AppError> {
 /// Makes a destination change effective in this process now; other processes follow the
 /// notification the change fired. A failed reload is retried by the periodic refresh.
 async fn reload(state: &AppState) {
-    if let Err(e) = state.secrets.reload().await {
+    if let Err(e) = state.ingest.secrets.reload().await {
         tracing::warn!(error = %e, "destination changed but reloading the secrets failed");
     }
 }
