@@ -17,7 +17,6 @@ pub mod metrics;
 pub mod secrets;
 pub mod senml;
 pub mod server;
-pub mod spool;
 pub mod store;
 pub mod time_format;
 pub mod tls;

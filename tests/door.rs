@@ -186,7 +186,7 @@ async fn a_required_header_value_given_with_spaces_still_matches() {
 #[tokio::test]
 async fn pending_destinations_are_capped_with_a_clear_error() {
     let env = Env::new().await;
-    for i in 0..things_receiver::ingest::secret_cache::MAX_PENDING {
+    for i in 0..things_receiver::ingest::verify::destinations::MAX_PENDING {
         env.cli_ok(&["destinations", "add", "--name", &format!("pending-{i}")]);
     }
     let refused = env.cli(&["destinations", "add", "--name", "one-too-many"]);

@@ -267,8 +267,8 @@ async fn sigterm_mid_load_finishes_what_it_acknowledged_and_exits_cleanly() {
 
 #[tokio::test]
 async fn a_spooled_delivery_the_database_always_refuses_is_quarantined_and_replay_goes_on() {
-    use things_receiver::spool::{QUARANTINE_DIR, Spool};
-    use things_receiver::store::deliveries::RawDelivery;
+    use things_receiver::ingest::delivery::RawDelivery;
+    use things_receiver::ingest::spool::{QUARANTINE_DIR, Spool};
     use things_receiver::token::Token;
 
     let env = Env::new().await;

@@ -129,3 +129,89 @@ async fn an_expired_lease_hands_the_row_over_and_fences_the_old_holder() {
     assert_eq!((row.status.as_str(), row.attempts), ("accepted", 2));
     database.close().await;
 }
+
+/// What the listener saw, in order.
+#[derive(Debug, PartialEq)]
+enum Heard {
+    Resync,
+    Notified(String),
+    Lost,
+}
+
+struct Recorder(tokio::sync::mpsc::UnboundedSender<Heard>);
+
+impl things_receiver::store::listen::Subscriber for Recorder {
+    async fn resync(&mut self) -> Result<(), sqlx::Error> {
+        let _ = self.0.send(Heard::Resync);
+        Ok(())
+    }
+    async fn notified(
+        &mut self,
+        notification: Option<sqlx::postgres::PgNotification>,
+    ) -> Result<(), sqlx::Error> {
+        let payload = notification.map_or_else(String::new, |n| n.payload().to_owned());
+        let _ = self.0.send(Heard::Notified(payload));
+        Ok(())
+    }
+    fn lost(&mut self) {
+        let _ = self.0.send(Heard::Lost);
+    }
+}
+
+/// The listener the outbox worker (and the secret cache) runs on: resync before anything
+/// else, notifications delivered, and a connection killed under it is noticed, reconnected
+/// and resynced, after which notifications arrive again.
+#[tokio::test]
+async fn the_listener_resyncs_after_every_reconnect() {
+    use things_receiver::store::listen::{Listen, listen};
+    let (database, _dir) = outbox_with(0).await;
+    let pool = database.pool.clone();
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = {
+        let (pool, shutdown) = (pool.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let what = Listen {
+                name: "test",
+                channels: &["things_test_channel"],
+                idle: None,
+            };
+            listen(&pool, what, &mut Recorder(tx), &shutdown).await;
+        })
+    };
+    let next = async |heard: &mut tokio::sync::mpsc::UnboundedReceiver<Heard>| {
+        tokio::time::timeout(Duration::from_secs(20), heard.recv())
+            .await
+            .expect("the listener reports within the deadline")
+            .expect("the listener runs")
+    };
+    assert_eq!(next(&mut heard).await, Heard::Resync);
+    sqlx::query("SELECT pg_notify('things_test_channel', 'one')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut heard).await, Heard::Notified("one".into()));
+
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()) t",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "one listening connection");
+    assert_eq!(next(&mut heard).await, Heard::Lost);
+    assert_eq!(next(&mut heard).await, Heard::Resync);
+    sqlx::query("SELECT pg_notify('things_test_channel', 'two')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut heard).await, Heard::Notified("two".into()));
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the listener stops on shutdown")
+        .unwrap();
+    database.close().await;
+}

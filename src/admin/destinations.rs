@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{AdminError, conflict_or};
-use crate::ingest::secret_cache::MAX_PENDING;
+use crate::ingest::verify::destinations::MAX_PENDING;
 use crate::secrets::{SecretKey, check_secret, generate_secret};
 use crate::store::destinations::{self, DestinationRow, NewDestination};
 

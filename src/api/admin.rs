@@ -24,7 +24,7 @@ use crate::admin::api_keys;
 use crate::admin::destinations::{self, AddRequest, DestinationInfo, WithSecret};
 use crate::admin::{ApiKey, Scope};
 use crate::error::{AppError, ErrorBody};
-use crate::ingest::secret_cache::SecretCache;
+use crate::ingest::verify::destinations::SecretCache;
 use crate::secrets::SecretKey;
 use crate::store::api_keys::ApiKeyRow;
 

@@ -17,6 +17,7 @@ use crate::api::page::{self, Page};
 use crate::api::{cursor, params};
 use crate::error::{AppError, ErrorBody};
 use crate::senml::device_key;
+use crate::store::devices;
 use crate::store::measurements::{self, MeasurementFilter, MeasurementRow, StoredValue};
 use crate::time_format::format_time;
 
@@ -170,7 +171,10 @@ pub async fn list(
         ..Default::default()
     };
     if let Some(device) = params::text("device", q.device)? {
-        match measurements::device_id(&pool, &device_key(&device)).await? {
+        match devices::find(&pool, &device_key(&device))
+            .await?
+            .map(|d| d.id)
+        {
             Some(id) => filter.device_id = Some(id),
             // No device matches: an empty answer. (-1 is never an identity value.)
             None => filter.device_id = Some(-1),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::SendArgs;
-use crate::ingest::destination::{PLUG_HEADER, TOKEN_HEADER};
+use crate::ingest::doors::kpn::{PLUG_HEADER, TOKEN_HEADER};
 use crate::token::Token;
 
 /// Returns whether the receiver answered with a 2xx status.

@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 
 use super::Finding;
 use super::network::connect;
-use crate::ingest::destination::{PLUG_HEADER, TOKEN_HEADER};
+use crate::ingest::doors::kpn::{PLUG_HEADER, TOKEN_HEADER};
 use crate::token::Token;
 
 /// The device the probe speaks for.

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use super::Status;
 use super::request::{Checked, RequestError};
 use crate::senml::device_key;
+use crate::store::devices;
 use crate::store::downlinks::{self, DownlinkRow, ListFilter, NewRow};
 
 /// Longest accepted `Idempotency-Key`.
@@ -43,9 +44,11 @@ pub struct Queued {
 
 /// The device a request targets: must be known (some data of it was stored).
 pub async fn known_device(pool: &PgPool, urn: &str) -> Result<(i64, String), OutboxError> {
-    downlinks::find_device(pool, &device_key(urn.trim()))
-        .await?
-        .ok_or_else(|| OutboxError::UnknownDevice(urn.trim().to_owned()))
+    let key = device_key(urn.trim());
+    match devices::find(pool, &key).await? {
+        Some(device) => Ok((device.id, key)),
+        None => Err(OutboxError::UnknownDevice(urn.trim().to_owned())),
+    }
 }
 
 /// Queues a checked downlink for the device `device_id`.

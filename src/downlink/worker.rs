@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::PgNotification;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,7 @@ use super::supervisor::{WorkerHealth, supervise};
 use crate::kpn::client::Downlink;
 use crate::kpn::{KpnClient, SendOutcome};
 use crate::store::downlinks::{self, Claimed};
+use crate::store::listen::{self, Listen, Subscriber};
 
 pub const CHANNEL: &str = "things_downlinks_queued";
 /// Longest sleep without a notification, in case one was missed.
@@ -107,18 +109,30 @@ struct Worker {
 }
 
 impl Worker {
+    /// Works until `shutdown`, woken by the listener; the listener stops only once the
+    /// work has (so that the sends held at shutdown finish first).
     async fn run(&self, shutdown: CancellationToken) {
-        let mut listener: Option<PgListener> = None;
+        let wake = Notify::new();
+        let stop_listening = CancellationToken::new();
+        let what = Listen {
+            name: "downlinks",
+            channels: &[CHANNEL],
+            idle: None,
+        };
+        let mut waker = Wake(&wake);
+        let listening = listen::listen(&self.pool, what, &mut waker, &stop_listening);
+        let working = async {
+            self.work(&wake, &shutdown).await;
+            stop_listening.cancel();
+        };
+        tokio::join!(listening, working);
+        tracing::debug!("downlink worker stopped");
+    }
+
+    /// Rounds until `shutdown`; idle, it sleeps until woken, the next due time or an error
+    /// pause. Without a listener (the database refuses it) this is plain polling.
+    async fn work(&self, wake: &Notify, shutdown: &CancellationToken) {
         while !shutdown.is_cancelled() {
-            if listener.is_none() {
-                listener = match self.listen().await {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "downlink worker cannot listen; polling");
-                        None
-                    }
-                };
-            }
             let wait = match self.round().await {
                 Ok(true) => continue,
                 Ok(false) => self.idle_time().await,
@@ -130,22 +144,10 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                received = recv(&mut listener) => {
-                    if let Err(e) = received {
-                        tracing::warn!(error = %e, "downlink listener lost");
-                        listener = None;
-                    }
-                }
+                _ = wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        tracing::debug!("downlink worker stopped");
-    }
-
-    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANNEL).await?;
-        Ok(listener)
     }
 
     /// Claims and sends one batch; whether there was anything to do.
@@ -246,10 +248,19 @@ impl Worker {
     }
 }
 
-async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
-    match listener {
-        Some(l) => l.recv().await.map(drop),
-        None => std::future::pending().await,
+/// Wakes the worker for every notification, and after every (re)connect, since a row may
+/// have been queued while nobody listened.
+struct Wake<'a>(&'a Notify);
+
+impl Subscriber for Wake<'_> {
+    async fn resync(&mut self) -> Result<(), sqlx::Error> {
+        self.0.notify_one();
+        Ok(())
+    }
+
+    async fn notified(&mut self, _: Option<PgNotification>) -> Result<(), sqlx::Error> {
+        self.0.notify_one();
+        Ok(())
     }
 }
 

@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::error::AppError;
+use crate::ingest::delivery::{Delivery, RawDelivery, StoreOutcome};
+use crate::ingest::spool::{Spool, SpoolError};
 use crate::ingest::writer::{WriteError, Writer};
-use crate::senml;
-use crate::spool::Spool;
-use crate::store::deliveries::{Delivery, RawDelivery, StoreOutcome};
 
 /// Where an accepted delivery now lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +26,15 @@ impl Accepted {
             Accepted::Spooled => "spooled",
         }
     }
+}
+
+/// Why a verified delivery was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Neither the database nor the spool could take it: the sender must retry, since
+    /// nothing of it was kept.
+    #[error("neither the database nor the spool can take the delivery: {0}")]
+    NotDurable(SpoolError),
 }
 
 /// The durable-storage half of the ingest path.
@@ -59,17 +66,13 @@ impl Pipeline {
     }
 
     /// Resolves and stores a verified delivery; returns only once it is durable.
-    pub async fn accept(&self, raw: RawDelivery) -> Result<Accepted, AppError> {
+    pub async fn accept(&self, raw: RawDelivery) -> Result<Accepted, PipelineError> {
         let now = Utc::now().timestamp_millis();
         // Skip the database only while it is suspect and the spool is not yet drained: an
         // empty spool means the replayer (or nobody) has found the database down since.
         let suspect = now < self.suspect_until.load(Ordering::Relaxed);
         if !suspect || self.spool.depth().0 == 0 {
-            let decoded = senml::resolve(&raw.body, raw.received_at).map_err(|e| e.to_string());
-            let delivery = Delivery {
-                raw: raw.clone(),
-                decoded,
-            };
+            let delivery = Delivery::resolve(raw.clone());
             let reason =
                 match tokio::time::timeout(self.spool_after, self.writer.submit(delivery)).await {
                     Ok(Ok(outcome)) => return Ok(Accepted::Stored(outcome)),
@@ -85,9 +88,7 @@ impl Pipeline {
         }
         match self.spool.append(&raw).await {
             Ok(()) => Ok(Accepted::Spooled),
-            Err(e) => Err(AppError::Unavailable(format!(
-                "neither the database nor the spool can take the delivery: {e}"
-            ))),
+            Err(e) => Err(PipelineError::NotDurable(e)),
         }
     }
 }

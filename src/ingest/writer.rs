@@ -15,7 +15,8 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::deliveries::{self, Delivery, StoreOutcome};
+use crate::ingest::delivery::{Delivery, StoreOutcome};
+use crate::store::deliveries;
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::config::ServeArgs;
-use crate::ingest::secret_cache::SecretCache;
+use crate::ingest::verify::destinations::SecretCache;
 use crate::store::Database;
 
 use super::tls_setup::CertSource;

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::hardening::{ConnectionLimits, GuardAcceptor};
-use crate::ingest::secret_cache::SecretCache;
+use crate::ingest::verify::destinations::SecretCache;
 use crate::store::{key_check, partitions};
 use crate::tls;
 use crate::web::router;

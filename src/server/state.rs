@@ -9,13 +9,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeArgs;
 use crate::downlink::worker::Running;
+use crate::ingest::IngestState;
 use crate::ingest::pipeline::Pipeline;
-use crate::ingest::secret_cache::SecretCache;
+use crate::ingest::spool::Spool;
+use crate::ingest::verify::destinations::SecretCache;
 use crate::ingest::writer::{Writer, WriterConfig, WriterTask};
 use crate::secrets::SecretKey;
-use crate::spool::Spool;
 use crate::store::Database;
-use crate::web::state::{ApiKeyState, AppState, Ingest};
+use crate::web::state::{ApiKeyState, AppState};
 
 /// The request state and what `run` stops by hand at shutdown.
 pub(super) struct Wired {
@@ -50,12 +51,12 @@ pub(super) fn build(
         .spawn_listener(database.stream_pool.clone(), tasks.clone());
     let state = AppState {
         pool: database.pool.clone(),
-        ingest: Arc::new(Ingest {
-            secrets: secrets.clone(),
-            pipeline: Pipeline::new(writer, spool, args.spool_after),
-            ingest_slots: tokio::sync::Semaphore::new(args.max_inflight.max(1)),
-            max_body: args.max_body,
-        }),
+        ingest: IngestState::new(
+            secrets.clone(),
+            Pipeline::new(writer, spool, args.spool_after),
+            args.max_inflight,
+            args.max_body,
+        ),
         api_keys: ApiKeyState {
             pool: database.pool.clone(),
             limiter: Arc::default(),

@@ -51,6 +51,8 @@ pub async fn list(pool: &PgPool, filter: &DeviceFilter) -> Result<Vec<DeviceRow>
     query.build_query_as().fetch_all(pool).await
 }
 
+/// The device with this normalised URN key (`senml::device_key`), if data of it was ever
+/// stored: the one lookup of a device by its key, for the API, the outbox and filters.
 pub async fn find(pool: &PgPool, urn_key: &str) -> Result<Option<DeviceRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM devices WHERE urn_key = $1"

@@ -49,17 +49,6 @@ pub struct NewRow<'a> {
     pub request_hash: &'a [u8],
 }
 
-/// The device's id and normalised URN, if we have ever stored data for it.
-pub async fn find_device(
-    pool: &PgPool,
-    urn_key: &str,
-) -> Result<Option<(i64, String)>, sqlx::Error> {
-    sqlx::query_as("SELECT id, urn_key FROM devices WHERE urn_key = $1")
-        .bind(urn_key)
-        .fetch_optional(pool)
-        .await
-}
-
 /// Inserts a queued row. With an idempotency key already used, nothing is inserted and the
 /// existing row's id and request hash are returned instead (`Err`).
 pub async fn insert(

@@ -48,14 +48,6 @@ pub struct MeasurementFilter {
     pub limit: i64,
 }
 
-/// Finds a device id by its normalised URN key.
-pub async fn device_id(pool: &PgPool, urn_key: &str) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM devices WHERE urn_key = $1")
-        .bind(urn_key)
-        .fetch_optional(pool)
-        .await
-}
-
 /// Up to `limit` measurements matching `filter`, ordered by (time, id) descending.
 pub async fn list(
     pool: &PgPool,

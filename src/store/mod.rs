@@ -11,6 +11,7 @@ pub mod devices;
 pub mod downlinks;
 pub mod embedded;
 pub mod key_check;
+pub mod listen;
 pub mod live;
 pub mod measurements;
 pub mod messages;

@@ -12,6 +12,7 @@ use crate::admin::AdminError;
 use crate::downlink::outbox::OutboxError;
 use crate::downlink::request::RequestError;
 use crate::error::{AppError, RETRY_AFTER_SECONDS};
+use crate::ingest::pipeline::PipelineError;
 
 impl From<sqlx::Error> for AppError {
     /// Any database failure means the data is not durable (or not readable) now; the caller
@@ -49,6 +50,13 @@ impl From<OutboxError> for AppError {
             }
             OutboxError::Database(e) => AppError::from(e),
         }
+    }
+}
+
+impl From<PipelineError> for AppError {
+    /// Not durable: 503 with `Retry-After`, so that KPN tries the delivery again.
+    fn from(error: PipelineError) -> Self {
+        AppError::Unavailable(error.to_string())
     }
 }
 

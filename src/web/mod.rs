@@ -15,25 +15,17 @@ pub mod request_id;
 pub mod state;
 
 use axum::Router;
-use axum::routing::{MethodFilter, get, on};
+use axum::routing::get;
 use tower::util::MapRequestLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-
-use crate::ingest::destination;
 
 pub use state::AppState;
 
 pub fn router(state: AppState) -> Router {
     // The door reads its body itself, under `--max-body`, once the head has been checked.
     Router::new()
-        .route(
-            "/ingest/kpn",
-            on(
-                MethodFilter::POST.or(MethodFilter::GET),
-                destination::receive,
-            ),
-        )
+        .merge(crate::ingest::doors::routes())
         .nest("/api/v1", crate::api::routes())
         .route("/metrics", get(metrics::render))
         .merge(crate::api::docs::router())

@@ -12,21 +12,9 @@ use sqlx::PgPool;
 use crate::api::ApiSettings;
 use crate::api::admin::AdminState;
 use crate::downlink::supervisor::WorkerHealth;
-use crate::ingest::pipeline::Pipeline;
-use crate::ingest::secret_cache::SecretCache;
+use crate::ingest::IngestState;
 use crate::live::LiveHub;
 use crate::web::auth_limit::AuthLimiter;
-
-/// What the ingest door needs.
-pub struct Ingest {
-    pub secrets: Arc<SecretCache>,
-    /// Makes verified deliveries durable (writer, then spool).
-    pub pipeline: Pipeline,
-    /// Ingest requests allowed in flight at once.
-    pub ingest_slots: tokio::sync::Semaphore,
-    /// Largest accepted ingest body, in bytes.
-    pub max_body: usize,
-}
 
 /// What authenticating an API key needs: the keys' table and the wrong-key limiter.
 #[derive(Clone)]
@@ -39,7 +27,7 @@ pub struct ApiKeyState {
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    pub ingest: Arc<Ingest>,
+    pub ingest: IngestState,
     pub api_keys: ApiKeyState,
     pub live: Arc<LiveHub>,
     pub api: ApiSettings,
@@ -56,8 +44,8 @@ impl FromRef<AppState> for PgPool {
     }
 }
 
-impl FromRef<AppState> for Arc<Ingest> {
-    fn from_ref(state: &AppState) -> Arc<Ingest> {
+impl FromRef<AppState> for IngestState {
+    fn from_ref(state: &AppState) -> IngestState {
         state.ingest.clone()
     }
 }

@@ -15,12 +15,13 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::PgNotification;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::secrets::SecretKey;
 use crate::store::destinations::{self, DestinationRow};
+use crate::store::listen::{self, Listen, Subscriber};
 use crate::token::{BodyDigest, Token};
 
 const CHANNEL: &str = "things_destinations_changed";
@@ -286,47 +287,38 @@ impl SecretCache {
     /// reconnection of the listener, and every minute regardless.
     pub fn spawn_refresher(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return,
-                    result = self.listen() => {
-                        self.current.store(false, std::sync::atomic::Ordering::Release);
-                        if let Err(e) = result && !shutdown.is_cancelled() {
-                            tracing::warn!(error = %e, "destination change listener failed; retrying");
-                        }
-                    }
-                }
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
+            let what = Listen {
+                name: "destinations",
+                channels: &[CHANNEL],
+                idle: Some(FALLBACK_RELOAD),
+            };
+            listen::listen(&self.pool, what, &mut Refresher(&self), &shutdown).await;
         });
     }
 
-    async fn listen(&self) -> Result<(), sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANNEL).await?;
-        // Anything may have changed while we were not listening.
-        self.reload().await?;
+    fn set_current(&self, current: bool) {
         self.current
-            .store(true, std::sync::atomic::Ordering::Release);
-        loop {
-            match tokio::time::timeout(FALLBACK_RELOAD, listener.try_recv()).await {
-                Ok(Ok(Some(_))) | Err(_) => self.reload().await?,
-                // The connection dropped and was re-established: notifications may be lost.
-                Ok(Ok(None)) => {
-                    self.current
-                        .store(false, std::sync::atomic::Ordering::Release);
-                    self.reload().await?;
-                    self.current
-                        .store(true, std::sync::atomic::Ordering::Release);
-                }
-                Ok(Err(e)) => return Err(e),
-            }
-        }
+            .store(current, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The cache as the listener drives it.
+struct Refresher<'a>(&'a SecretCache);
+
+impl Subscriber for Refresher<'_> {
+    /// Anything may have changed while we were not listening.
+    async fn resync(&mut self) -> Result<(), sqlx::Error> {
+        self.0.reload().await?;
+        self.0.set_current(true);
+        Ok(())
+    }
+
+    async fn notified(&mut self, _: Option<PgNotification>) -> Result<(), sqlx::Error> {
+        self.0.reload().await
+    }
+
+    fn lost(&mut self) {
+        self.0.set_current(false);
     }
 }
 

@@ -1,8 +1,6 @@
 //! The KPN Things destination door: `POST /ingest/kpn` (and `GET` with a body, which a KPN
 //! destination can be configured to send).
 
-use std::sync::Arc;
-
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,11 +10,12 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use uuid::Uuid;
 
 use crate::error::AppError;
+use crate::ingest::IngestState;
+use crate::ingest::delivery::RawDelivery;
 use crate::ingest::headers::extra_headers;
 use crate::ingest::pipeline::Accepted;
-use crate::store::deliveries::RawDelivery;
+use crate::ingest::verify::destinations::VerifyFailure;
 use crate::token::{BodyDigest, Token};
-use crate::web::state::Ingest;
 
 pub const PLUG_HEADER: &str = "things-plug-uuid";
 pub const TOKEN_HEADER: &str = "things-message-token";
@@ -26,9 +25,9 @@ const DOOR: &str = "destination";
 /// body is read: a flood of bodies without credentials then costs no memory, and a client
 /// that sends `Expect: 100-continue` gets its refusal instead of `100 Continue` (hyper sends
 /// that only when the body is first polled).
-pub async fn receive(State(state): State<Arc<Ingest>>, request: Request) -> Response {
+pub async fn receive(State(state): State<IngestState>, request: Request) -> Response {
     // Bounded concurrency: past the limit, answer at once instead of queueing without end.
-    let Ok(_permit) = state.ingest_slots.try_acquire() else {
+    let Ok(_permit) = state.slots.try_acquire() else {
         return count(Err(AppError::Overloaded)).into_response();
     };
     count(receive_inner(&state, request).await).into_response()
@@ -51,7 +50,7 @@ fn count(result: Result<Response, AppError>) -> Result<Response, AppError> {
 #[derive(Clone, Copy)]
 struct Outcome(&'static str);
 
-async fn receive_inner(state: &Ingest, request: Request) -> Result<Response, AppError> {
+async fn receive_inner(state: &IngestState, request: Request) -> Result<Response, AppError> {
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
     // Size first: a declared length over the limit is refused whatever else is wrong.
@@ -72,7 +71,7 @@ async fn receive_inner(state: &Ingest, request: Request) -> Result<Response, App
             if v.destination.headers_match(&headers) {
                 Ok(v)
             } else {
-                Err(crate::ingest::secret_cache::VerifyFailure::WrongToken)
+                Err(VerifyFailure::WrongToken)
             }
         })
         .map_err(|reason| {
