@@ -12,13 +12,13 @@
 //! turns them into its JSON, and another consumer may turn them into something else.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::PgNotification;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::listen::{self, Listen, Subscriber};
 use crate::store::live::{self, CHANNEL, Inserted, LiveRow};
 
 /// Measurements a subscriber may lag behind before it is dropped.
@@ -60,52 +60,58 @@ impl LiveHub {
     /// one ingestion could use.
     pub fn spawn_listener(self: Arc<Self>, pool: PgPool, shutdown: CancellationToken) {
         tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return,
-                    result = self.listen(&pool) => {
-                        // At shutdown the pool closes under the listener: not worth a warning.
-                        if let Err(e) = result && !shutdown.is_cancelled() {
-                            tracing::warn!(error = %e, "live stream listener failed; retrying");
-                        }
-                    }
-                }
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
+            let what = Listen {
+                name: "live stream",
+                channels: &[CHANNEL],
+                idle: None,
+            };
+            let mut publisher = Publisher {
+                hub: &self,
+                pool: &pool,
+            };
+            listen::listen(&pool, what, &mut publisher, &shutdown).await;
         });
     }
+}
 
-    async fn listen(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(CHANNEL).await?;
-        loop {
-            let notification = listener.recv().await?;
-            if self.sender.receiver_count() == 0 {
-                continue;
-            }
-            let Some(inserted) = Inserted::parse(notification.payload()) else {
-                tracing::warn!(
-                    payload = notification.payload(),
-                    "unexpected live notification"
-                );
-                continue;
-            };
-            if inserted.max_id - inserted.min_id >= MAX_ROWS_PER_NOTIFICATION {
-                tracing::info!(
-                    rows = inserted.max_id - inserted.min_id + 1,
-                    "not streaming a bulk insert"
-                );
-                continue;
-            }
-            for row in live::fetch(pool, &inserted).await? {
-                // An error only means nobody subscribes right now.
-                let _ = self.sender.send(Arc::new(row));
-            }
+/// Reads what each notification announces and publishes it, while anyone subscribes.
+struct Publisher<'a> {
+    hub: &'a LiveHub,
+    pool: &'a PgPool,
+}
+
+impl Subscriber for Publisher<'_> {
+    /// Nothing to read again: a live stream shows what arrives from now on, and subscribers
+    /// that missed rows while the listener was away can read them through the API.
+    async fn resync(&mut self) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    async fn notified(&mut self, notification: Option<PgNotification>) -> Result<(), sqlx::Error> {
+        let Some(notification) = notification else {
+            return Ok(());
+        };
+        if self.hub.sender.receiver_count() == 0 {
+            return Ok(());
         }
+        let Some(inserted) = Inserted::parse(notification.payload()) else {
+            tracing::warn!(
+                payload = notification.payload(),
+                "unexpected live notification"
+            );
+            return Ok(());
+        };
+        if inserted.max_id - inserted.min_id >= MAX_ROWS_PER_NOTIFICATION {
+            tracing::info!(
+                rows = inserted.max_id - inserted.min_id + 1,
+                "not streaming a bulk insert"
+            );
+            return Ok(());
+        }
+        for row in live::fetch(self.pool, &inserted).await? {
+            // An error only means nobody subscribes right now.
+            let _ = self.hub.sender.send(Arc::new(row));
+        }
+        Ok(())
     }
 }
