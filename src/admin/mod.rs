@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod destinations;
+pub mod devices;
 
 /// Longest name of a destination or API key.
 pub const MAX_NAME_CHARS: usize = 200;
