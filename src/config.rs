@@ -71,6 +71,9 @@ pub enum Command {
     /// Manage API keys for the dashboard API.
     #[command(subcommand, name = "api-keys")]
     ApiKeys(ApiKeysCommand),
+    /// Register M2M and Internet devices (and their secrets) for direct ingestion.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
     /// Sign a SenML file exactly as KPN Things does and POST it to a receiver.
     Send(SendArgs),
     /// Queue, follow and cancel actuator downlinks to devices.
@@ -356,6 +359,38 @@ pub enum ApiKeysCommand {
     },
     /// Revoke a key by name.
     Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// Register a device: urn:dev:IMEI:<15 digits>: or urn:dev:DVNUUID:<uuid>:. Without
+    /// --secret a 40-character alphanumeric secret is generated and printed once.
+    Add {
+        urn: String,
+        /// The device's secret (30 to 100 printable ASCII characters).
+        #[arg(long, env = "THINGS_DEVICE_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered devices (secrets are never shown).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a device's secret; the old one stays valid for --overlap.
+    Rotate {
+        urn: String,
+        #[arg(long, env = "THINGS_DEVICE_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// How long the previous secret is still accepted (e.g. 24h, 30m, 0s; at most 366d).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        overlap: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a device's registration; its stored data stays.
+    Remove { urn: String },
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| true),
             Command::ApiKeys(command) => cli::api_keys::run(&args.db, command).await.map(|()| true),
+            Command::Devices(command) => cli::devices::run(&args.db, command).await.map(|()| true),
             Command::Send(send) => cli::send::run(send).await,
             Command::Downlinks(command) => cli::downlinks::run(&args.db, command).await,
             Command::Doctor(doctor) => cli::doctor::run(doctor).await,

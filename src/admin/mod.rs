@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod destinations;
+pub mod devices;
 pub mod scopes;
 
 pub use scopes::{ApiKey, Scope, key_hash};

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod destinations;
+pub mod devices;
 pub mod doctor;
 pub mod downlinks;
 pub mod send;

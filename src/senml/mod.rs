@@ -27,11 +27,13 @@
 mod data;
 mod error;
 mod name;
+mod peek;
 mod record;
 mod resolve;
 pub mod time;
 mod urn;
 
 pub use error::SenmlError;
+pub use peek::{PeekError, peek_device};
 pub use resolve::{Measurement, Value, resolve};
 pub use urn::{DeviceKind, device_key, device_kind};

@@ -7,6 +7,7 @@
 pub mod api_keys;
 pub mod deliveries;
 pub mod destinations;
+pub mod device_keys;
 pub mod devices;
 pub mod downlinks;
 pub mod embedded;
