@@ -78,12 +78,8 @@ pub async fn tcp_from(server: &Server, from: IpAddr) -> std::io::Result<TcpStrea
     socket.connect(address(server)).await
 }
 
-/// A TLS connection from `from` offering `alpn`.
-pub async fn tls_from(
-    server: &Server,
-    from: IpAddr,
-    alpn: &[&[u8]],
-) -> std::io::Result<TlsStream<TcpStream>> {
+/// A client configuration that accepts the development certificate, offering `alpn`.
+pub fn trusting_client(alpn: &[&[u8]]) -> ClientConfig {
     let mut config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
@@ -92,8 +88,17 @@ pub async fn tls_from(
             .with_custom_certificate_verifier(Arc::new(AnyCertificate))
             .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+/// A TLS connection from `from` offering `alpn`.
+pub async fn tls_from(
+    server: &Server,
+    from: IpAddr,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = tcp_from(server, from).await?;
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(Arc::new(trusting_client(alpn)))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
 }
