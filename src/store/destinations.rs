@@ -8,6 +8,8 @@ use sqlx::types::Json;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
+use super::sealed_secrets;
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DestinationRow {
     pub id: Uuid,
@@ -80,31 +82,12 @@ pub async fn rotate(
     secret_sealed: &[u8],
     overlap: Duration,
 ) -> Result<Option<DestinationRow>, sqlx::Error> {
-    let overlap_micros = i64::try_from(overlap.as_micros()).unwrap_or(i64::MAX);
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE destinations SET previous_sealed = secret_sealed, \
-             previous_expires_at = now() + make_interval(secs => $3::float8 / 1e6), \
-             secret_sealed = $2 \
-         WHERE id = $1 AND removed_at IS NULL RETURNING {COLUMNS}"
-    )))
-    .bind(id)
-    .bind(secret_sealed)
-    .bind(overlap_micros as f64)
-    .fetch_optional(pool)
-    .await
+    sealed_secrets::rotate(pool, "destinations", COLUMNS, id, secret_sealed, overlap).await
 }
 
 /// Marks a destination removed and forgets its secrets; its messages stay.
 pub async fn remove(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE destinations SET removed_at = now(), secret_sealed = '\\x'::bytea, \
-             previous_sealed = NULL, previous_expires_at = NULL \
-         WHERE id = $1 AND removed_at IS NULL",
-    )
-    .bind(id)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    sealed_secrets::remove(pool, "destinations", id).await
 }
 
 /// Binds a pending destination to the plug of its first verified delivery. Returns false if

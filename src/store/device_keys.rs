@@ -12,6 +12,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::sealed_secrets;
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeviceKeyRow {
     pub id: Uuid,
@@ -102,29 +104,10 @@ pub async fn rotate(
     secret_sealed: &[u8],
     overlap: Duration,
 ) -> Result<Option<DeviceKeyRow>, sqlx::Error> {
-    let overlap_micros = i64::try_from(overlap.as_micros()).unwrap_or(i64::MAX);
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE device_keys SET previous_sealed = secret_sealed, \
-             previous_expires_at = now() + make_interval(secs => $3::float8 / 1e6), \
-             secret_sealed = $2 \
-         WHERE id = $1 AND removed_at IS NULL RETURNING {COLUMNS}"
-    )))
-    .bind(id)
-    .bind(secret_sealed)
-    .bind(overlap_micros as f64)
-    .fetch_optional(pool)
-    .await
+    sealed_secrets::rotate(pool, "device_keys", COLUMNS, id, secret_sealed, overlap).await
 }
 
 /// Marks a registration removed and forgets its secrets; the device's stored data stays.
 pub async fn remove(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE device_keys SET removed_at = now(), secret_sealed = '\\x'::bytea, \
-             previous_sealed = NULL, previous_expires_at = NULL \
-         WHERE id = $1 AND removed_at IS NULL",
-    )
-    .bind(id)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    sealed_secrets::remove(pool, "device_keys", id).await
 }

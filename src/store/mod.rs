@@ -17,6 +17,7 @@ pub mod live;
 pub mod measurements;
 pub mod messages;
 pub mod partitions;
+mod sealed_secrets;
 pub mod series;
 pub mod stored_text;
 
