@@ -146,10 +146,6 @@ impl Database {
         &self.description
     }
 
-    pub fn is_embedded(&self) -> bool {
-        self.embedded.is_some()
-    }
-
     /// The embedded cluster's location, for the banner.
     pub fn cluster(&self) -> Option<&embedded::ClusterLocation> {
         self.cluster.as_ref()
