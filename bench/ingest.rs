@@ -24,7 +24,7 @@ use chrono::Utc;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use things_receiver::senml;
-use things_receiver::store::deliveries::{Delivery, RawDelivery, store_batch};
+use things_receiver::store::deliveries::{Delivery, RawDelivery, Sender, store_batch};
 use things_receiver::store::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use things_receiver::token::{BodyDigest, Token};
 
@@ -238,9 +238,12 @@ async fn bulk_insert(url: &str, destination: uuid::Uuid, seconds: u64, start_at:
                         let received_at = Utc::now();
                         Delivery {
                             decoded: senml::resolve(&body, received_at).map_err(|e| e.to_string()),
+                            answers_device: false,
                             raw: RawDelivery {
-                                destination_id: destination,
-                                bind_plug: None,
+                                sender: Sender::Destination {
+                                    id: destination,
+                                    bind_plug: None,
+                                },
                                 token,
                                 received_at,
                                 body,

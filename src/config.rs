@@ -150,6 +150,14 @@ pub struct ServeArgs {
     /// `read` key.
     #[arg(long, env = "THINGS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Also serve the device doors (and the firmware files) over plain HTTP here, for M2M
+    /// devices on KPN's private APN, which speak plain HTTP (e.g. 0.0.0.0:8080). Nothing else
+    /// is served there: no API, no `/ingest/kpn`.
+    #[arg(long, env = "THINGS_DEVICE_LISTEN")]
+    pub device_listen: Option<SocketAddr>,
+    /// Largest accepted device uplink body (e.g. 64KiB).
+    #[arg(long, env = "THINGS_DEVICE_MAX_BODY", default_value = "64KiB", value_parser = parse_size)]
+    pub device_max_body: usize,
     #[command(flatten)]
     pub kpn: KpnArgs,
     #[command(flatten)]
@@ -228,6 +236,10 @@ pub struct DownlinkArgs {
     /// mid-send) another takes it over. Must exceed six times --kpn-timeout.
     #[arg(long, env = "THINGS_DOWNLINK_LEASE", default_value = "2m", value_parser = parse_duration)]
     pub downlink_lease: Duration,
+    /// How long a downlink for a registered device waits for the device's next uplink before
+    /// it expires (KPN drops SMS downlinks after 48 hours); a request's `ttl` overrides it.
+    #[arg(long, env = "THINGS_DOWNLINK_TTL", default_value = "48h", value_parser = parse_duration)]
+    pub downlink_ttl: Duration,
 }
 
 /// Automatic certificates by ACME TLS-ALPN-01 on the serving port.
@@ -414,7 +426,8 @@ pub struct SendArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DownlinksCommand {
-    /// Queue a downlink; a running `serve` with KPN credentials sends it.
+    /// Queue a downlink: a running `serve` with KPN credentials sends it, or, for a device
+    /// registered for the device doors, the answer to its next uplink carries it.
     Send {
         /// The device, e.g. urn:dev:DEVEUI:0018B21000008C47:
         urn: String,
@@ -427,12 +440,16 @@ pub enum DownlinksCommand {
         /// Makes a retried command queue only once.
         #[arg(long)]
         idempotency_key: Option<String>,
-        /// Wait until KPN accepted it or it failed (exit status 1 unless accepted).
+        /// Wait until KPN accepted it (or the device's answer carried it) or it failed
+        /// (exit status 1 unless accepted or delivered).
         #[arg(long)]
         wait: bool,
         /// How long --wait waits.
         #[arg(long, default_value = "2m", value_parser = parse_duration)]
         timeout: Duration,
+        /// For a registered device: how long it waits for an uplink (default 48h), e.g. 6h.
+        #[arg(long)]
+        ttl: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -440,7 +457,7 @@ pub enum DownlinksCommand {
     List {
         #[arg(long)]
         device: Option<String>,
-        /// queued, sending, accepted, failed or cancelled.
+        /// queued, sending, accepted, failed, cancelled, delivered or expired.
         #[arg(long)]
         status: Option<String>,
         #[arg(long, default_value_t = 50)]

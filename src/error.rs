@@ -25,6 +25,15 @@ pub enum AppError {
     /// variant, so none of them can be told apart.
     #[error("unknown plug or wrong token")]
     NotVerified,
+    /// A device door's uplink names (in its first `bn`) no registered device.
+    #[error("device not registered")]
+    UnknownDevice,
+    /// A device door's uplink whose token does not sign the body with the device's secret.
+    #[error("token does not match the body and the device secret")]
+    DeviceNotVerified,
+    /// A device door's body from which no device can be read.
+    #[error("body is not a SenML pack naming its device: {0}")]
+    NotADevicePack(&'static str),
     #[error("body larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("cannot read the request body")]
@@ -58,6 +67,12 @@ pub enum AppError {
     #[error("the request was not received in time")]
     RequestTimeout,
 }
+
+/// An error answered as one line of plain text instead of JSON, with the same status and
+/// headers: what the device doors answer, since device firmware reads text more easily and
+/// KPN's documents describe these answers as text.
+#[derive(Debug)]
+pub struct PlainText(pub AppError);
 
 /// The two codes a 422 answers with, kept apart because clients already tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +122,11 @@ impl AppError {
         match self {
             AppError::MissingHeader(_) => (StatusCode::BAD_REQUEST, "missing_header"),
             AppError::MalformedHeader { .. } => (StatusCode::BAD_REQUEST, "malformed_header"),
-            AppError::NotVerified => (StatusCode::UNAUTHORIZED, "not_verified"),
+            AppError::NotVerified | AppError::DeviceNotVerified => {
+                (StatusCode::UNAUTHORIZED, "not_verified")
+            }
+            AppError::UnknownDevice => (StatusCode::NOT_FOUND, "unknown_device"),
+            AppError::NotADevicePack(_) => (StatusCode::BAD_REQUEST, "bad_pack"),
             AppError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             AppError::BadBody => (StatusCode::BAD_REQUEST, "bad_body"),
             AppError::BadParameter { .. } => (StatusCode::BAD_REQUEST, "bad_parameter"),

@@ -267,7 +267,7 @@ async fn sigterm_mid_load_finishes_what_it_acknowledged_and_exits_cleanly() {
 
 #[tokio::test]
 async fn a_spooled_delivery_the_database_always_refuses_is_quarantined_and_replay_goes_on() {
-    use things_receiver::ingest::delivery::RawDelivery;
+    use things_receiver::ingest::delivery::{RawDelivery, Sender};
     use things_receiver::ingest::spool::{QUARANTINE_DIR, Spool};
     use things_receiver::token::Token;
 
@@ -282,8 +282,10 @@ async fn a_spooled_delivery_the_database_always_refuses_is_quarantined_and_repla
     let delivery = |destination_id: uuid::Uuid, i: usize| {
         let body = common::load::unique_pack(i);
         RawDelivery {
-            destination_id,
-            bind_plug: None,
+            sender: Sender::Destination {
+                id: destination_id,
+                bind_plug: None,
+            },
             token: Token::sign(&body, SECRET.as_bytes()),
             received_at: chrono::Utc::now(),
             body: body.into(),

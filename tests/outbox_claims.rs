@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use things_receiver::config::DbArgs;
-use things_receiver::store::downlinks::{self, NewRow};
+use things_receiver::store::downlinks::{self, NewRow, Target};
 use things_receiver::store::{Database, PoolSettings};
 
 async fn outbox_with(rows: usize) -> (Database, tempfile::TempDir) {
@@ -32,7 +32,7 @@ async fn outbox_with(rows: usize) -> (Database, tempfile::TempDir) {
     for _ in 0..rows {
         let row = NewRow {
             id: uuid::Uuid::new_v4(),
-            device_id: device,
+            target: Target::Kpn { device_id: device },
             port: Some(2),
             payload_hex: Some("00"),
             body: "[]",

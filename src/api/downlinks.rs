@@ -17,7 +17,7 @@ use crate::api::cursor;
 use crate::api::page::{self, Page};
 use crate::api::params;
 use crate::downlink::Status;
-use crate::downlink::outbox::{self, OutboxError, Queued};
+use crate::downlink::outbox::{self, OutboxError, Queued, Recipient};
 use crate::downlink::request;
 use crate::downlink::view::DownlinkView;
 use crate::error::{AppError, ErrorBody};
@@ -44,10 +44,16 @@ pub struct NewDownlink {
     /// `payload_hex`.
     #[schema(nullable = false, value_type = Option<Vec<Object>>, min_items = 1, max_items = 64)]
     records: Option<Vec<serde_json::Value>>,
+    /// For a registered device only: how long it waits for an uplink before it expires,
+    /// e.g. `"6h"` or a number of seconds (default `--downlink-ttl`, 48h; at most 366 days).
+    #[schema(nullable = false, value_type = Option<String>)]
+    ttl: Option<String>,
 }
 
-/// Queues a downlink for a device; the worker hands it to KPN. A retry with the same
-/// `Idempotency-Key` and request answers the downlink queued first.
+/// Queues a downlink for a device. For a device registered for the device doors it rides on
+/// the answer to the device's next uplink (transport `response`, one per answer, oldest first,
+/// until its `ttl` passes); for any other device the worker hands it to KPN (transport `kpn`).
+/// A retry with the same `Idempotency-Key` and request answers the downlink queued first.
 #[utoipa::path(
     post, path = "/devices/{urn}/downlinks", tag = "downlinks", operation_id = "queue_downlink",
     params(
@@ -61,10 +67,10 @@ pub struct NewDownlink {
         (status = 202, description = "Queued (or queued before under this Idempotency-Key)", body = Queued,
             headers(("Location" = String, description = "The downlink, e.g. `/api/v1/downlinks/{id}`"))),
         (status = 400, description = "The body is not a downlink request, or the Idempotency-Key is malformed", body = ErrorBody),
-        (status = 404, description = "No data was ever received from this device", body = ErrorBody),
+        (status = 404, description = "The device is not registered and no data was ever received from it", body = ErrorBody),
         (status = 409, description = "The Idempotency-Key was used for a different downlink", body = ErrorBody),
         (status = 422, description = "The port, payload or records are not something KPN would send", body = ErrorBody),
-        (status = 503, description = "Downlinks are not configured (`not_configured`), or the database is unavailable", body = ErrorBody),
+        (status = 503, description = "Downlinks through KPN are not configured (`not_configured`), or the database is unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -77,9 +83,18 @@ pub async fn queue(
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, AppError> {
     key.require(Scope::Downlink)?;
-    if !settings.downlinks_enabled {
-        return Err(AppError::NotConfigured(HOW_TO_CONFIGURE));
-    }
+    let urn = params::text("urn", Some(urn))?
+        .ok_or_else(|| AppError::bad_parameter("urn", "must not be empty"))?;
+    // Registered devices get theirs in their answers and need no KPN credentials; anything
+    // else is refused first without them, whatever the request holds.
+    let recipient = match outbox::recipient(&pool, &urn).await {
+        Ok(Recipient::Kpn { .. }) | Err(OutboxError::UnknownDevice(_))
+            if !settings.downlinks_enabled =>
+        {
+            return Err(AppError::NotConfigured(HOW_TO_CONFIGURE));
+        }
+        other => other,
+    };
     let Json(body) = body.map_err(|e| AppError::bad_parameter("body", e.body_text()))?;
     let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
@@ -87,11 +102,18 @@ pub async fn queue(
             AppError::bad_parameter("Idempotency-Key", "expected visible ASCII characters")
         })?),
     };
-    let urn = params::text("urn", Some(urn))?
-        .ok_or_else(|| AppError::bad_parameter("urn", "must not be empty"))?;
-    let checked = request::check_json(&device_key(urn.trim()), &body).map_err(OutboxError::from)?;
-    let (device_id, urn_key) = outbox::known_device(&pool, &urn).await?;
-    let queued = outbox::queue(&pool, device_id, &urn_key, &checked, idempotency_key).await?;
+    // A shape error is a 400 and a refused value a 422 whether or not the device exists.
+    request::check_json(&device_key(urn.trim()), &without_ttl(&body)).map_err(OutboxError::from)?;
+    let recipient = recipient?;
+    let (target, checked) = outbox::check_for(&recipient, &body, settings.downlink_ttl)?;
+    let queued = outbox::queue(
+        &pool,
+        target,
+        recipient.urn_key(),
+        &checked,
+        idempotency_key,
+    )
+    .await?;
     let location = format!("/api/v1/downlinks/{}", queued.id);
     Ok((
         StatusCode::ACCEPTED,
@@ -181,7 +203,7 @@ pub async fn list(
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
             AppError::bad_parameter(
                 "status",
-                "expected queued, sending, accepted, failed or cancelled",
+                "expected queued, sending, accepted, failed, cancelled, delivered or expired",
             )
         })?),
     };
@@ -196,6 +218,15 @@ pub async fn list(
         |r| cursor::encode(r.created_at, r.seq),
         DownlinkView::from,
     )))
+}
+
+/// The request without its `ttl`, for the checks every transport shares.
+fn without_ttl(body: &serde_json::Value) -> serde_json::Value {
+    let mut body = body.clone();
+    if let Some(object) = body.as_object_mut() {
+        object.remove("ttl");
+    }
+    body
 }
 
 fn parse_id(id: &str) -> Result<Uuid, AppError> {

@@ -46,7 +46,9 @@ pub struct ListParams {
 pub struct Item {
     id: i64,
     plug: Option<Uuid>,
-    destination: String,
+    /// The KPN destination's name; absent for an uplink through a device door.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination: Option<String>,
     received_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<String>,
@@ -55,6 +57,8 @@ pub struct Item {
     decode_error: Option<String>,
     record_count: i32,
     headers: BTreeMap<String, String>,
+    /// How it arrived: `destination` (KPN), `m2m` or `ip` (a device door).
+    door: String,
 }
 
 impl From<MessageRow> for Item {
@@ -69,13 +73,14 @@ impl From<MessageRow> for Item {
             decode_error: row.decode_error,
             record_count: row.record_count,
             headers: row.headers.0,
+            door: row.door,
         }
     }
 }
 
 impl ExportRow for MessageRow {
     const CSV_HEADER: &'static str =
-        "id,plug,destination,received_at,device,status,decode_error,record_count,headers";
+        "id,plug,destination,received_at,device,status,decode_error,record_count,headers,door";
 
     fn write_csv(self, out: &mut Vec<u8>) {
         let item = Item::from(self);
@@ -88,13 +93,14 @@ impl ExportRow for MessageRow {
             &[
                 Some(&id),
                 plug.as_deref(),
-                Some(&item.destination),
+                item.destination.as_deref(),
                 Some(&item.received_at),
                 item.device.as_deref(),
                 Some(&item.status),
                 item.decode_error.as_deref(),
                 Some(&count),
                 Some(&headers),
+                Some(&item.door),
             ],
         );
     }

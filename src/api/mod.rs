@@ -35,16 +35,24 @@ pub struct ApiSettings {
     pub max_series_points: u64,
     /// The pool exports read from (`store::Database::stream_pool`), apart from ingestion's.
     pub stream_pool: PgPool,
-    /// Whether KPN credentials are configured, so that downlinks can be sent.
+    /// Whether KPN credentials are configured, so that downlinks can be sent through KPN.
     pub downlinks_enabled: bool,
+    /// How long a downlink for a registered device waits for an uplink by default.
+    pub downlink_ttl: std::time::Duration,
 }
 
 impl ApiSettings {
-    pub fn new(max_series_points: u64, stream_pool: PgPool, downlinks_enabled: bool) -> Self {
+    pub fn new(
+        max_series_points: u64,
+        stream_pool: PgPool,
+        downlinks_enabled: bool,
+        downlink_ttl: std::time::Duration,
+    ) -> Self {
         ApiSettings {
             max_series_points: max_series_points.max(1),
             stream_pool,
             downlinks_enabled,
+            downlink_ttl,
         }
     }
 }

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use crate::config::{DbArgs, DownlinksCommand};
 use crate::downlink::Status;
 use crate::downlink::outbox;
-use crate::downlink::request;
 use crate::downlink::view::DownlinkView;
 use crate::store::downlinks::DownlinkRow;
+
+/// How long a downlink for a registered device waits for its uplink unless `--ttl` says.
+const DEFAULT_TTL: Duration = Duration::from_secs(48 * 3600);
 
 /// How often `send --wait` looks at the downlink.
 const WAIT_POLL: Duration = Duration::from_millis(200);
@@ -27,28 +29,42 @@ pub async fn run(db_args: &DbArgs, command: DownlinksCommand) -> anyhow::Result<
                 idempotency_key,
                 wait,
                 timeout,
+                ttl,
                 json,
             } => {
-                let (device_id, urn_key) = outbox::known_device(pool, &urn).await?;
-                let checked = request::check_hex(&urn_key, port.map(u64::from), &hex)?;
-                let queued =
-                    outbox::queue(pool, device_id, &urn_key, &checked, idempotency_key.as_deref())
-                        .await?;
+                let recipient = outbox::recipient(pool, &urn).await?;
+                let mut request = serde_json::json!({ "payload_hex": hex, "port": port });
+                if let Some(ttl) = &ttl {
+                    request["ttl"] = ttl.clone().into();
+                }
+                let (target, checked) = outbox::check_for(&recipient, &request, DEFAULT_TTL)?;
+                let queued = outbox::queue(
+                    pool,
+                    target,
+                    recipient.urn_key(),
+                    &checked,
+                    idempotency_key.as_deref(),
+                )
+                .await?;
+                let carrier = match recipient {
+                    outbox::Recipient::Kpn { .. } => "a running serve with KPN credentials sends it",
+                    outbox::Recipient::Registered { .. } => {
+                        "it rides on the answer to the device's next uplink"
+                    }
+                };
                 if !wait {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&queued)?);
                     } else {
                         println!("{}", queued.id);
-                        eprintln!(
-                            "Downlink {} {}; a running serve with KPN credentials sends it.",
-                            queued.id, queued.status
-                        );
+                        eprintln!("Downlink {} {}; {carrier}.", queued.id, queued.status);
                     }
                     return Ok(true);
                 }
-                eprintln!("Downlink {} queued; waiting for KPN...", queued.id);
+                eprintln!("Downlink {} queued; {carrier}; waiting...", queued.id);
                 let row = wait_until_final(pool, queued.id, timeout).await?;
-                let accepted = row.status == Status::Accepted.as_str();
+                let accepted = row.status == Status::Accepted.as_str()
+                    || row.status == Status::Delivered.as_str();
                 print_one(row, json)?;
                 Ok(accepted)
             }

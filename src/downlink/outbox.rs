@@ -1,14 +1,21 @@
 //! The outbox operations shared by the API and the CLI: queue, look up, list, cancel.
+//!
+//! A downlink for a device registered for the device doors rides on the answer to its next
+//! uplink (transport `response`); one for a device known only from KPN's deliveries goes
+//! through KPN's API (transport `kpn`).
 
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use std::time::Duration;
+
 use super::Status;
-use super::request::{Checked, RequestError};
+use super::answer;
+use super::request::{Checked, RequestError, check_json};
 use crate::senml::device_key;
-use crate::store::devices;
-use crate::store::downlinks::{self, DownlinkRow, ListFilter, NewRow};
+use crate::store::downlinks::{self, DownlinkRow, ListFilter, NewRow, Target};
+use crate::store::{device_keys, devices};
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
@@ -17,7 +24,7 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 pub enum OutboxError {
     #[error(transparent)]
     Request(#[from] RequestError),
-    #[error("no data was ever received from device {0}")]
+    #[error("device {0} is not registered and no data was ever received from it")]
     UnknownDevice(String),
     #[error("the Idempotency-Key was already used for a different downlink")]
     IdempotencyConflict,
@@ -42,19 +49,94 @@ pub struct Queued {
     pub created: bool,
 }
 
-/// The device a request targets: must be known (some data of it was stored).
-pub async fn known_device(pool: &PgPool, urn: &str) -> Result<(i64, String), OutboxError> {
+/// The device a request targets, and so how its downlink travels.
+#[derive(Debug, Clone)]
+pub enum Recipient {
+    /// Known only from its data (through KPN): sent through KPN's API.
+    Kpn { device_id: i64, urn_key: String },
+    /// Registered for the device doors: carried in the answer to its next uplink.
+    Registered {
+        device_key_id: Uuid,
+        urn_key: String,
+        /// As registered: the pack's base name.
+        urn: String,
+    },
+}
+
+impl Recipient {
+    pub fn urn_key(&self) -> &str {
+        match self {
+            Recipient::Kpn { urn_key, .. } | Recipient::Registered { urn_key, .. } => urn_key,
+        }
+    }
+}
+
+/// The device a request targets: registered for the device doors, or else known (some data
+/// of it was stored).
+pub async fn recipient(pool: &PgPool, urn: &str) -> Result<Recipient, OutboxError> {
     let key = device_key(urn.trim());
+    if let Some(registration) = device_keys::get(pool, &key).await? {
+        return Ok(Recipient::Registered {
+            device_key_id: registration.id,
+            urn_key: key,
+            urn: registration.urn,
+        });
+    }
     match devices::find(pool, &key).await? {
-        Some(device) => Ok((device.id, key)),
+        Some(device) => Ok(Recipient::Kpn {
+            device_id: device.id,
+            urn_key: key,
+        }),
         None => Err(OutboxError::UnknownDevice(urn.trim().to_owned())),
     }
 }
 
-/// Queues a checked downlink for the device `device_id`.
+/// Checks a queue request for `recipient`: what will be sent, and how it travels. `ttl` (in
+/// the request, else `default_ttl`) applies to registered devices only.
+pub fn check_for(
+    recipient: &Recipient,
+    request: &serde_json::Value,
+    default_ttl: Duration,
+) -> Result<(Target, Checked), OutboxError> {
+    match recipient {
+        Recipient::Kpn { device_id, urn_key } => {
+            if request.get("ttl").is_some() {
+                return Err(RequestError::Invalid {
+                    field: "ttl",
+                    reason: "only downlinks for registered devices, which ride on the \
+                             device's answers, have a ttl; KPN keeps its own"
+                        .into(),
+                }
+                .into());
+            }
+            let checked = check_json(urn_key, request)?;
+            Ok((
+                Target::Kpn {
+                    device_id: *device_id,
+                },
+                checked,
+            ))
+        }
+        Recipient::Registered {
+            device_key_id, urn, ..
+        } => {
+            let checked = answer::check(urn, request)?;
+            let ttl = answer::ttl(request, default_ttl)?;
+            Ok((
+                Target::Response {
+                    device_key_id: *device_key_id,
+                    ttl,
+                },
+                checked,
+            ))
+        }
+    }
+}
+
+/// Queues a checked downlink for `target`.
 pub async fn queue(
     pool: &PgPool,
-    device_id: i64,
+    target: Target,
     urn_key: &str,
     checked: &Checked,
     idempotency_key: Option<&str>,
@@ -64,9 +146,13 @@ pub async fn queue(
     }
     let hash = request_hash(urn_key, checked);
     let id = Uuid::new_v4();
+    let transport = match target {
+        Target::Kpn { .. } => "kpn",
+        Target::Response { .. } => "response",
+    };
     let row = NewRow {
         id,
-        device_id,
+        target,
         port: checked.port,
         payload_hex: checked.payload_hex.as_deref(),
         body: &checked.body,
@@ -75,7 +161,7 @@ pub async fn queue(
     };
     match downlinks::insert(pool, &row).await? {
         Ok(()) => {
-            metrics::counter!("things_downlinks_total", "state" => Status::Queued.as_str())
+            metrics::counter!("things_downlinks_total", "state" => Status::Queued.as_str(), "transport" => transport)
                 .increment(1);
             Ok(Queued {
                 id,
@@ -150,7 +236,7 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<DownlinkRow, OutboxError>
     let cancelled = downlinks::cancel(pool, id).await?;
     let row = get(pool, id).await?;
     if cancelled {
-        metrics::counter!("things_downlinks_total", "state" => Status::Cancelled.as_str())
+        metrics::counter!("things_downlinks_total", "state" => Status::Cancelled.as_str(), "transport" => row.transport.clone())
             .increment(1);
         Ok(row)
     } else {

@@ -14,15 +14,18 @@ use crate::time_format::format_time;
 #[schema(as = Downlink)]
 pub struct DownlinkView {
     pub id: Uuid,
-    /// The device URN as first seen.
+    /// The device URN as first seen (or as registered).
     pub device: String,
+    /// `kpn` (sent through KPN's API) or `response` (carried in the answer to the device's
+    /// next uplink on a device door).
+    pub transport: String,
     /// The LoRa port, when one was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<i16>,
     /// The payload in lower-case hex, when given as `payload_hex`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_hex: Option<String>,
-    /// The SenML pack that is (or was) sent to KPN.
+    /// The SenML pack that is (or was) sent to KPN or carried in the device's answer.
     pub records: Value,
     #[schema(value_type = Status)]
     pub status: String,
@@ -45,17 +48,26 @@ pub struct DownlinkView {
     pub idempotency_key: Option<String>,
     pub created_at: String,
     pub updated_at: String,
-    /// When it was accepted by KPN, failed for good or was cancelled.
+    /// When it was accepted by KPN, delivered, failed for good, expired or was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// A `response` downlink: when it expires unless an uplink takes it first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// A delivered `response` downlink: the id of the message (uplink) whose answer
+    /// carried it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<i64>,
 }
 
 impl From<DownlinkRow> for DownlinkView {
     fn from(row: DownlinkRow) -> Self {
-        let queued = row.status == Status::Queued.as_str();
+        // Only KPN downlinks have attempts to schedule.
+        let queued = row.status == Status::Queued.as_str() && row.transport == "kpn";
         DownlinkView {
             id: row.id,
             device: row.device,
+            transport: row.transport,
             port: row.port,
             payload_hex: row.payload_hex,
             records: serde_json::from_str(&row.body).unwrap_or(Value::String(row.body)),
@@ -71,6 +83,8 @@ impl From<DownlinkRow> for DownlinkView {
             created_at: format_time(row.created_at),
             updated_at: format_time(row.updated_at),
             finished_at: row.finished_at.map(format_time),
+            expires_at: row.expires_at.map(format_time),
+            message_id: row.message_id,
         }
     }
 }

@@ -235,7 +235,8 @@ impl Worker {
         };
         match written {
             Ok(true) => {
-                metrics::counter!("things_downlinks_total", "state" => state).increment(1);
+                metrics::counter!("things_downlinks_total", "state" => state, "transport" => "kpn")
+                    .increment(1);
             }
             Ok(false) => {
                 tracing::warn!(%id, attempt, "downlink was taken over by another process before its outcome was recorded");

@@ -9,15 +9,38 @@
 
 use crate::senml;
 
-pub use crate::store::deliveries::{Delivery, RawDelivery, StoreOutcome};
+pub use crate::store::deliveries::{
+    Delivery, DeviceDoor, DeviceReply, RawDelivery, Receipt, ReplyDownlink, Sender, StoreOutcome,
+};
 
 impl Delivery {
     /// Resolves the SenML of a verified delivery. A body that is not a valid pack is no
     /// error here: it is kept with the reason, to be stored raw as quarantined, because KPN
     /// would only retry it and then drop it.
+    ///
+    /// A device signs for itself only: a pack from a device door with a record of another
+    /// device is quarantined, so no device can write another's data.
     pub fn resolve(raw: RawDelivery) -> Delivery {
-        let decoded = senml::resolve(&raw.body, raw.received_at).map_err(|e| e.to_string());
-        Delivery { raw, decoded }
+        let decoded = senml::resolve(&raw.body, raw.received_at)
+            .map_err(|e| e.to_string())
+            .and_then(|records| match &raw.sender {
+                Sender::Device { urn_key, .. } => match records
+                    .iter()
+                    .position(|r| senml::device_key(&r.device) != *urn_key)
+                {
+                    Some(i) => Err(format!(
+                        "record {i} names device {:?}, not the device that signed the pack",
+                        records[i].device
+                    )),
+                    None => Ok(records),
+                },
+                Sender::Destination { .. } => Ok(records),
+            });
+        Delivery {
+            raw,
+            decoded,
+            answers_device: false,
+        }
     }
 }
 
@@ -32,8 +55,10 @@ mod tests {
 
     fn raw(body: &'static str) -> RawDelivery {
         RawDelivery {
-            destination_id: Uuid::new_v4(),
-            bind_plug: None,
+            sender: Sender::Destination {
+                id: Uuid::new_v4(),
+                bind_plug: None,
+            },
             token: Token([7; 32]),
             received_at: Utc::now(),
             body: Bytes::from_static(body.as_bytes()),

@@ -26,4 +26,4 @@ mod state;
 pub mod verify;
 pub mod writer;
 
-pub use state::IngestState;
+pub use state::{DoorLimits, IngestState};

@@ -7,22 +7,23 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::ingest::delivery::{Delivery, RawDelivery, StoreOutcome};
+use crate::ingest::delivery::{Delivery, RawDelivery, Receipt, Sender};
 use crate::ingest::spool::{Spool, SpoolError};
 use crate::ingest::writer::{WriteError, Writer};
 
 /// Where an accepted delivery now lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
-    Stored(StoreOutcome),
+    /// In PostgreSQL, with what the answer to a device carries.
+    Stored(Receipt),
     /// In the local spool, to be replayed into PostgreSQL.
     Spooled,
 }
 
 impl Accepted {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
-            Accepted::Stored(outcome) => outcome.as_str(),
+            Accepted::Stored(receipt) => receipt.outcome.as_str(),
             Accepted::Spooled => "spooled",
         }
     }
@@ -72,10 +73,12 @@ impl Pipeline {
         // empty spool means the replayer (or nobody) has found the database down since.
         let suspect = now < self.suspect_until.load(Ordering::Relaxed);
         if !suspect || self.spool.depth().0 == 0 {
-            let delivery = Delivery::resolve(raw.clone());
+            let mut delivery = Delivery::resolve(raw.clone());
+            // The sender is waiting for this answer: a device's may carry a downlink.
+            delivery.answers_device = matches!(raw.sender, Sender::Device { .. });
             let reason =
                 match tokio::time::timeout(self.spool_after, self.writer.submit(delivery)).await {
-                    Ok(Ok(outcome)) => return Ok(Accepted::Stored(outcome)),
+                    Ok(Ok(receipt)) => return Ok(Accepted::Stored(receipt)),
                     Ok(Err(WriteError::Overloaded)) => "the writer queue is full".to_owned(),
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => format!("no commit within {:?}", self.spool_after),

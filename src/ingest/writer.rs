@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::delivery::{Delivery, StoreOutcome};
+use crate::ingest::delivery::{Delivery, Receipt};
 use crate::store::deliveries;
 
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ pub enum WriteError {
 
 struct Job {
     delivery: Delivery,
-    reply: oneshot::Sender<Result<StoreOutcome, WriteError>>,
+    reply: oneshot::Sender<Result<Receipt, WriteError>>,
 }
 
 /// Handle for submitting deliveries; cheap to clone.
@@ -83,7 +83,7 @@ impl Writer {
     }
 
     /// Queues `delivery` and waits until its transaction has committed (or failed).
-    pub async fn submit(&self, delivery: Delivery) -> Result<StoreOutcome, WriteError> {
+    pub async fn submit(&self, delivery: Delivery) -> Result<Receipt, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Job { delivery, reply })
@@ -184,10 +184,7 @@ enum Failure {
 }
 
 /// Deadlocks and serialisation failures are transient: try the batch again a few times.
-async fn store_with_retry(
-    pool: &PgPool,
-    deliveries: &[Delivery],
-) -> Result<Vec<StoreOutcome>, Failure> {
+async fn store_with_retry(pool: &PgPool, deliveries: &[Delivery]) -> Result<Vec<Receipt>, Failure> {
     let mut attempt = 0;
     loop {
         // Not getting a connection at all is always an availability problem.
@@ -204,7 +201,7 @@ async fn store_with_retry(
     }
 }
 
-async fn store_alone(pool: &PgPool, mut delivery: Delivery) -> Result<StoreOutcome, WriteError> {
+async fn store_alone(pool: &PgPool, mut delivery: Delivery) -> Result<Receipt, WriteError> {
     match store_with_retry(pool, std::slice::from_ref(&delivery)).await {
         Ok(mut outcomes) => return Ok(outcomes.remove(0)),
         Err(Failure::Unavailable(e)) => return Err(WriteError::Unavailable(e)),

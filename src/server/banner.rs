@@ -21,6 +21,7 @@ pub(super) fn print_banner(
     key_origin: &str,
     secrets: &SecretCache,
     metrics: Option<SocketAddr>,
+    device_listener: Option<SocketAddr>,
 ) {
     let scheme = if args.plain_http { "http" } else { "https" };
     let host = if bound.ip().is_unspecified() {
@@ -37,6 +38,9 @@ pub(super) fn print_banner(
             env!("CARGO_PKG_VERSION")
         ),
         format!("  ingest:      POST {scheme}://{host}:{port}/ingest/kpn"),
+        format!(
+            "  devices:     POST {scheme}://{host}:{port}/ingestion/ip/senml/v1 (and /ingestion/m2m/senml/v1)"
+        ),
         format!("  api:         {scheme}://{host}:{port}/api/v1/measurements"),
         format!("  health:      {scheme}://{host}:{port}/healthz, /readyz"),
         match metrics {
@@ -49,6 +53,12 @@ pub(super) fn print_banner(
         ),
         format!("  destinations: {bound_count} active, {pending} pending"),
     ];
+    if let Some(addr) = device_listener {
+        lines.insert(
+            3,
+            format!("  m2m devices: POST http://{addr}/ingestion/m2m/senml/v1 (plain HTTP: device doors only)"),
+        );
+    }
     match cert {
         CertSource::Files(paths) => {
             for path in paths {

@@ -3,6 +3,7 @@
 //! rest (and which tests call directly, on their own listener).
 
 mod banner;
+mod device_listener;
 mod http;
 mod run;
 mod settings;

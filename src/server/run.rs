@@ -15,11 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hardening::{ConnectionLimits, GuardAcceptor};
 use crate::ingest::verify::destinations::SecretCache;
-use crate::store::{key_check, partitions};
+use crate::ingest::verify::devices::DeviceKeyCache;
+use crate::store::{answer_downlinks, key_check, partitions};
 use crate::tls;
 use crate::web::router;
 
 use super::banner::print_banner;
+use super::device_listener::DeviceListener;
 use super::http::harden;
 use super::settings::Settings;
 use super::shutdown::Shutdown;
@@ -55,10 +57,19 @@ pub async fn run(
             tracing::warn!(error = %e, "cannot create measurements partitions yet");
         }
         spawn_maintenance(database.pool.clone(), args.retention, tasks.clone());
+        spawn_downlink_expiry(database.pool.clone(), tasks.clone());
         let secrets = SecretCache::load(database.pool.clone(), key.clone())
             .await
             .context("cannot load destinations")?;
         secrets.clone().spawn_refresher(tasks.clone());
+        let devices = DeviceKeyCache::load(database.pool.clone(), key.clone())
+            .await
+            .context("cannot load device registrations")?;
+        devices.clone().spawn_refresher(tasks.clone());
+        let senders = state::Senders {
+            destinations: secrets.clone(),
+            devices,
+        };
         let downlink_worker = crate::downlink::worker::start(&database.pool, &args, &tasks)?;
         let TlsSetup {
             config: mut rustls_config,
@@ -78,7 +89,7 @@ pub async fn run(
             &args,
             &data_dir,
             &key,
-            &secrets,
+            &senders,
             downlink_worker.as_ref(),
             &tasks,
         )?;
@@ -90,6 +101,13 @@ pub async fn run(
             ),
             None => None,
         };
+        let device_listener = match args.device_listen {
+            Some(addr) => {
+                Some(DeviceListener::start(addr, wired.state.clone(), &args.limits).await?)
+            }
+            None => None,
+        };
+        let device_bound = device_listener.as_ref().map(|l| l.bound);
         let app = router(wired.state).into_make_service_with_connect_info::<SocketAddr>();
 
         let local = listener.local_addr()?;
@@ -143,6 +161,7 @@ pub async fn run(
                 key.origin(),
                 &secrets,
                 metrics_bound,
+                device_bound,
             );
         }
 
@@ -167,6 +186,9 @@ pub async fn run(
                 }
             }
         }
+        if let Some(devices) = device_listener {
+            devices.stop(GRACE_PERIOD).await;
+        }
         wired.writer_task.finish().await;
         tasks.cancel();
         if let Some(worker) = downlink_worker {
@@ -179,6 +201,24 @@ pub async fn run(
     .await;
     database.close().await;
     served
+}
+
+/// Every minute: downlinks for registered devices whose ttl passed become `expired` (an
+/// uplink expires its own device's too, so this is for devices that stopped posting).
+fn spawn_downlink_expiry(pool: sqlx::PgPool, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = answer_downlinks::expire_overdue(&pool).await {
+                tracing::warn!(error = %e, "cannot expire overdue downlinks");
+            }
+        }
+    });
 }
 
 /// Hourly: partitions for the coming months, and retention.

@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeArgs;
 use crate::downlink::worker::Running;
-use crate::ingest::IngestState;
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::spool::Spool;
 use crate::ingest::verify::destinations::SecretCache;
+use crate::ingest::verify::devices::DeviceKeyCache;
 use crate::ingest::writer::{Writer, WriterConfig, WriterTask};
+use crate::ingest::{DoorLimits, IngestState};
 use crate::secrets::SecretKey;
 use crate::store::Database;
 use crate::web::state::{ApiKeyState, AppState};
@@ -25,6 +26,12 @@ pub(super) struct Wired {
     pub writer_task: WriterTask,
 }
 
+/// The caches the doors verify senders against, loaded and kept current by `run`.
+pub(super) struct Senders {
+    pub destinations: Arc<SecretCache>,
+    pub devices: Arc<DeviceKeyCache>,
+}
+
 /// Starts the writer, opens the spool under `data_dir/spool` and starts its replayer and
 /// the live listener (both stop on `tasks`), and builds the state the router serves.
 pub(super) fn build(
@@ -32,7 +39,7 @@ pub(super) fn build(
     args: &ServeArgs,
     data_dir: &Path,
     key: &SecretKey,
-    secrets: &Arc<SecretCache>,
+    senders: &Senders,
     downlink_worker: Option<&Running>,
     tasks: &CancellationToken,
 ) -> anyhow::Result<Wired> {
@@ -52,10 +59,14 @@ pub(super) fn build(
     let state = AppState {
         pool: database.pool.clone(),
         ingest: IngestState::new(
-            secrets.clone(),
+            senders.destinations.clone(),
+            senders.devices.clone(),
             Pipeline::new(writer, spool, args.spool_after),
-            args.max_inflight,
-            args.max_body,
+            DoorLimits {
+                max_inflight: args.max_inflight,
+                max_body: args.max_body,
+                device_max_body: args.device_max_body,
+            },
         ),
         api_keys: ApiKeyState {
             pool: database.pool.clone(),
@@ -66,10 +77,11 @@ pub(super) fn build(
             args.max_series_points,
             database.stream_pool.clone(),
             downlink_worker.is_some(),
+            args.downlink.downlink_ttl,
         ),
         admin: crate::api::admin::AdminState {
             key: key.clone(),
-            secrets: secrets.clone(),
+            secrets: senders.destinations.clone(),
         },
         metrics: crate::metrics::install(),
         downlink_worker: downlink_worker.map(|w| w.health.clone()),

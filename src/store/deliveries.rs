@@ -13,15 +13,78 @@ use uuid::Uuid;
 use crate::senml::{Measurement, Value, device_key, device_kind};
 use crate::token::Token;
 
-use super::stored_text;
+use super::{answer_downlinks, stored_text};
+
+/// Who signed a delivery, which is also what tells a retry from a new delivery: the same
+/// sender and the same token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sender {
+    /// A KPN Things destination, through `/ingest/kpn`.
+    Destination {
+        id: Uuid,
+        /// Set when this delivery is the first for a pending destination: bind it to this plug.
+        bind_plug: Option<Uuid>,
+    },
+    /// A registered device, through one of the device doors.
+    Device {
+        /// The registration (`device_keys.id`) whose secret signed it.
+        key_id: Uuid,
+        /// The registration's normalised URN: every record must belong to this device.
+        urn_key: String,
+        door: DeviceDoor,
+    },
+}
+
+/// The two doors a device can post through (KPN's M2M and Internet ingestion paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceDoor {
+    M2m,
+    Ip,
+}
+
+impl DeviceDoor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceDoor::M2m => "m2m",
+            DeviceDoor::Ip => "ip",
+        }
+    }
+}
+
+impl std::fmt::Display for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sender::Destination { id, .. } => write!(f, "destination {id}"),
+            Sender::Device { urn_key, door, .. } => {
+                write!(f, "device {urn_key} ({})", door.as_str())
+            }
+        }
+    }
+}
+
+impl Sender {
+    /// The `messages.door` value.
+    pub fn door(&self) -> &'static str {
+        match self {
+            Sender::Destination { .. } => "destination",
+            Sender::Device { door, .. } => door.as_str(),
+        }
+    }
+
+    /// The key a retry is recognised by, with the token: destination or registration id.
+    fn key(&self) -> (bool, Uuid) {
+        match self {
+            Sender::Destination { id, .. } => (false, *id),
+            Sender::Device { key_id, .. } => (true, *key_id),
+        }
+    }
+}
 
 /// A verified delivery as it arrived: everything needed to store it, or to spool it and
 /// store it later.
 #[derive(Debug, Clone)]
 pub struct RawDelivery {
-    pub destination_id: Uuid,
-    /// Set when this delivery is the first for a pending destination: bind it to this plug.
-    pub bind_plug: Option<Uuid>,
+    pub sender: Sender,
     pub token: Token,
     pub received_at: DateTime<Utc>,
     pub body: Bytes,
@@ -35,6 +98,33 @@ pub struct Delivery {
     pub raw: RawDelivery,
     /// The resolved pack, or why it is not a valid SenML pack (then it is quarantined).
     pub decoded: Result<Vec<Measurement>, String>,
+    /// Whether a device is waiting for this delivery's answer, which can carry one of its
+    /// queued downlinks. False for a spool replay: that answer was given long ago.
+    pub answers_device: bool,
+}
+
+/// What the store did with one delivery of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub outcome: StoreOutcome,
+    /// For a delivery that [answers a device](Delivery::answers_device): what its answer carries.
+    pub reply: Option<DeviceReply>,
+}
+
+/// What the answer to a device's uplink carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceReply {
+    /// The downlink that rides on this answer (the same one again for a retry).
+    pub downlink: Option<ReplyDownlink>,
+    /// How many more downlinks wait for the device.
+    pub pending: i64,
+}
+
+/// A downlink delivered in an answer: its id and its SenML pack, exactly as queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyDownlink {
+    pub id: Uuid,
+    pub body: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +135,7 @@ pub enum StoreOutcome {
     Quarantined {
         message_id: i64,
     },
-    /// The same (destination, token) was stored before: nothing was written.
+    /// The same (sender, token) was stored before: nothing was written.
     Duplicate,
 }
 
@@ -59,31 +149,40 @@ impl StoreOutcome {
     }
 }
 
-/// Stores `batch` in one transaction on `conn` and returns one outcome per delivery, in order.
+/// What identifies a delivery: its sender and token.
+type DeliveryKey = ((bool, Uuid), [u8; 32]);
+
+fn delivery_key(raw: &RawDelivery) -> DeliveryKey {
+    (raw.sender.key(), raw.token.0)
+}
+
+/// Stores `batch` in one transaction on `conn` and returns one receipt per delivery, in order.
 ///
 /// A delivery that repeats an earlier one in the same batch, or one stored before, is a
 /// duplicate. The caller commits nothing: this function begins and commits its own transaction.
 pub async fn store_batch(
     conn: &mut PgConnection,
     batch: &[Delivery],
-) -> Result<Vec<StoreOutcome>, sqlx::Error> {
+) -> Result<Vec<Receipt>, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(conn).await?;
 
     for delivery in batch {
-        if let Some(plug) = delivery.raw.bind_plug
-            && !crate::store::destinations::bind_plug(&mut *tx, delivery.raw.destination_id, plug)
-                .await?
+        if let Sender::Destination {
+            id,
+            bind_plug: Some(plug),
+        } = delivery.raw.sender
+            && !crate::store::destinations::bind_plug(&mut *tx, id, plug).await?
         {
             tracing::info!(%plug, "pending destination was bound by a concurrent delivery");
         }
     }
 
-    // The first occurrence of each (destination, token) represents it; later ones in the same
+    // The first occurrence of each (sender, token) represents it; later ones in the same
     // batch are duplicates by definition.
-    let mut first: HashMap<(Uuid, [u8; 32]), usize> = HashMap::with_capacity(batch.len());
+    let mut first: HashMap<DeliveryKey, usize> = HashMap::with_capacity(batch.len());
     let mut unique: Vec<usize> = Vec::with_capacity(batch.len());
     for (i, delivery) in batch.iter().enumerate() {
-        let key = (delivery.raw.destination_id, delivery.raw.token.0);
+        let key = delivery_key(&delivery.raw);
         if let std::collections::hash_map::Entry::Vacant(slot) = first.entry(key) {
             slot.insert(i);
             unique.push(i);
@@ -103,8 +202,7 @@ pub async fn store_batch(
     let mut new_messages: Vec<(i64, &[Measurement])> = Vec::new();
     for &i in &unique {
         let delivery = &batch[i];
-        let Some(&id) = message_ids.get(&(delivery.raw.destination_id, delivery.raw.token.0))
-        else {
+        let Some(&id) = message_ids.get(&delivery_key(&delivery.raw)) else {
             continue;
         };
         outcomes[i] = match &delivery.decoded {
@@ -121,8 +219,13 @@ pub async fn store_batch(
         insert_measurements(&mut tx, &new_messages, &device_ids).await?;
         upsert_latest(&mut tx, &new_messages, &device_ids).await?;
     }
+    let replies = answer_downlinks::replies(&mut tx, batch, &outcomes).await?;
     tx.commit().await?;
-    Ok(outcomes)
+    Ok(outcomes
+        .into_iter()
+        .zip(replies)
+        .map(|(outcome, reply)| Receipt { outcome, reply })
+        .collect())
 }
 
 /// Inserts the messages at `indices`, skipping those stored before; returns the new ids.
@@ -134,9 +237,11 @@ async fn insert_messages(
     batch: &[Delivery],
     indices: &[usize],
     device_ids: &HashMap<String, i64>,
-) -> Result<HashMap<(Uuid, [u8; 32]), i64>, sqlx::Error> {
+) -> Result<HashMap<DeliveryKey, i64>, sqlx::Error> {
     let n = indices.len();
-    let mut destination = Vec::with_capacity(n);
+    let mut door = Vec::with_capacity(n);
+    let mut destination: Vec<Option<Uuid>> = Vec::with_capacity(n);
+    let mut device_key_id: Vec<Option<Uuid>> = Vec::with_capacity(n);
     let mut token: Vec<&[u8]> = Vec::with_capacity(n);
     let mut received = Vec::with_capacity(n);
     let mut body: Vec<&[u8]> = Vec::with_capacity(n);
@@ -147,7 +252,17 @@ async fn insert_messages(
     let mut device: Vec<Option<i64>> = Vec::with_capacity(n);
     for &i in indices {
         let (d, decoded) = (&batch[i].raw, &batch[i].decoded);
-        destination.push(d.destination_id);
+        door.push(d.sender.door());
+        match &d.sender {
+            Sender::Destination { id, .. } => {
+                destination.push(Some(*id));
+                device_key_id.push(None);
+            }
+            Sender::Device { key_id, .. } => {
+                destination.push(None);
+                device_key_id.push(Some(*key_id));
+            }
+        }
         token.push(&d.token.0[..]);
         received.push(d.received_at);
         body.push(&d.body[..]);
@@ -171,13 +286,16 @@ async fn insert_messages(
             }
         }
     }
-    let rows: Vec<(i64, Uuid, Vec<u8>)> = sqlx::query_as(
-        "INSERT INTO messages (destination_id, token, received_at, body, headers, status, decode_error, record_count, device_id) \
-         SELECT d, t, r, b, h::jsonb, s, e, c, v \
-         FROM UNNEST($1::uuid[], $2::bytea[], $3::timestamptz[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int4[], $9::int8[]) \
-              AS u(d, t, r, b, h, s, e, c, v) \
-         ON CONFLICT ON CONSTRAINT messages_delivery_key DO NOTHING \
-         RETURNING id, destination_id, token",
+    // No conflict target: a retry conflicts on the destination's or on the device's key.
+    // id, destination_id, device_key_id, token
+    type Inserted = (i64, Option<Uuid>, Option<Uuid>, Vec<u8>);
+    let rows: Vec<Inserted> = sqlx::query_as(
+        "INSERT INTO messages (destination_id, token, received_at, body, headers, status, decode_error, record_count, device_id, door, device_key_id) \
+         SELECT d, t, r, b, h::jsonb, s, e, c, v, o, k \
+         FROM UNNEST($1::uuid[], $2::bytea[], $3::timestamptz[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int4[], $9::int8[], $10::text[], $11::uuid[]) \
+              AS u(d, t, r, b, h, s, e, c, v, o, k) \
+         ON CONFLICT DO NOTHING \
+         RETURNING id, destination_id, device_key_id, token",
     )
     .bind(&destination)
     .bind(&token)
@@ -188,11 +306,20 @@ async fn insert_messages(
     .bind(&error)
     .bind(&count)
     .bind(&device)
+    .bind(&door)
+    .bind(&device_key_id)
     .fetch_all(&mut *tx)
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, destination, token)| Some(((destination, token.try_into().ok()?), id)))
+        .filter_map(|(id, destination, key_id, token)| {
+            let sender = match (destination, key_id) {
+                (Some(d), None) => (false, d),
+                (None, Some(k)) => (true, k),
+                _ => return None,
+            };
+            Some(((sender, token.try_into().ok()?), id))
+        })
         .collect())
 }
 

@@ -1,6 +1,9 @@
 //! The `downlinks` table: the outbox of commands for devices.
 //!
-//! Rows move `queued -> sending -> accepted | failed`, or `queued -> cancelled`. A worker
+//! Two transports. `kpn` rows move `queued -> sending -> accepted | failed`, or
+//! `queued -> cancelled`. `response` rows (for registered devices) wait for the device's next
+//! uplink and move `queued -> delivered | expired | cancelled`, inside the uplink's
+//! transaction (see `answer_downlinks`). For `kpn` rows a worker
 //! claims due rows with `FOR UPDATE SKIP LOCKED` (replicas never claim the same row) and
 //! holds each for a lease; every later write of that worker is fenced by the attempt number
 //! it claimed, so a worker whose lease ran out cannot overwrite the outcome of the one that
@@ -18,6 +21,8 @@ pub struct DownlinkRow {
     pub id: Uuid,
     pub seq: i64,
     pub device: String,
+    /// `kpn` or `response`.
+    pub transport: String,
     pub port: Option<i16>,
     pub payload_hex: Option<String>,
     pub body: String,
@@ -31,17 +36,34 @@ pub struct DownlinkRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// For a `response` downlink: when it expires if no uplink takes it.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// For a delivered `response` downlink: the message (uplink) whose answer carried it.
+    pub message_id: Option<i64>,
 }
 
-const SELECT: &str = "SELECT dl.id, dl.seq, d.urn AS device, dl.port, dl.payload_hex, dl.body, \
+// A `kpn` row names a device that sent data; a `response` row a registration.
+const SELECT: &str = "SELECT dl.id, dl.seq, COALESCE(d.urn, k.urn) AS device, dl.transport, \
+     dl.port, dl.payload_hex, dl.body, \
      dl.idempotency_key, dl.status, dl.attempts, dl.next_attempt_at, dl.last_error, \
-     dl.kpn_status, dl.kpn_response, dl.created_at, dl.updated_at, dl.finished_at \
-     FROM downlinks dl JOIN devices d ON d.id = dl.device_id";
+     dl.kpn_status, dl.kpn_response, dl.created_at, dl.updated_at, dl.finished_at, \
+     dl.expires_at, dl.message_id \
+     FROM downlinks dl LEFT JOIN devices d ON d.id = dl.device_id \
+     LEFT JOIN device_keys k ON k.id = dl.device_key_id";
+
+/// Whom a downlink is for, and so how it travels.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// A device known from its data, through KPN's API.
+    Kpn { device_id: i64 },
+    /// A registered device, in the answer to its next uplink within `ttl`.
+    Response { device_key_id: Uuid, ttl: Duration },
+}
 
 /// A new row to insert.
 pub struct NewRow<'a> {
     pub id: Uuid,
-    pub device_id: i64,
+    pub target: Target,
     pub port: Option<u16>,
     pub payload_hex: Option<&'a str>,
     pub body: &'a str,
@@ -55,18 +77,31 @@ pub async fn insert(
     pool: &PgPool,
     row: &NewRow<'_>,
 ) -> Result<Result<(), (Uuid, Vec<u8>)>, sqlx::Error> {
+    let (transport, device_id, device_key_id, ttl) = match row.target {
+        Target::Kpn { device_id } => ("kpn", Some(device_id), None, None),
+        Target::Response { device_key_id, ttl } => (
+            "response",
+            None,
+            Some(device_key_id),
+            Some(ttl.as_secs_f64()),
+        ),
+    };
     let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO downlinks (id, device_id, port, payload_hex, body, idempotency_key, request_hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+        "INSERT INTO downlinks (id, device_id, port, payload_hex, body, idempotency_key, request_hash, \
+                                transport, device_key_id, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10)) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
     )
     .bind(row.id)
-    .bind(row.device_id)
+    .bind(device_id)
     .bind(row.port.map(|p| p as i16))
     .bind(row.payload_hex)
     .bind(row.body)
     .bind(row.idempotency_key)
     .bind(row.request_hash)
+    .bind(transport)
+    .bind(device_key_id)
+    .bind(ttl)
     .fetch_optional(pool)
     .await?;
     if inserted.is_some() {
@@ -99,7 +134,7 @@ pub struct ListFilter<'a> {
 /// Newest first.
 pub async fn list(pool: &PgPool, filter: &ListFilter<'_>) -> Result<Vec<DownlinkRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} WHERE ($1::text IS NULL OR d.urn_key = $1) \
+        "{SELECT} WHERE ($1::text IS NULL OR d.urn_key = $1 OR k.urn_key = $1) \
          AND ($2::text IS NULL OR dl.status = $2) \
          AND ($3::bigint IS NULL OR dl.seq < $3) \
          ORDER BY dl.seq DESC LIMIT $4"
@@ -144,8 +179,9 @@ pub async fn claim<'e>(
     sqlx::query_as(
         "WITH due AS ( \
              SELECT id FROM downlinks \
-             WHERE (status = 'queued' AND next_attempt_at <= now()) \
-                OR (status = 'sending' AND lease_until <= now()) \
+             WHERE ((status = 'queued' AND next_attempt_at <= now()) \
+                    OR (status = 'sending' AND lease_until <= now())) \
+               AND transport = 'kpn' \
              ORDER BY next_attempt_at, seq LIMIT $1 \
              FOR UPDATE SKIP LOCKED) \
          UPDATE downlinks dl SET status = 'sending', attempts = dl.attempts + 1, \
@@ -159,14 +195,14 @@ pub async fn claim<'e>(
     .await
 }
 
-/// When the next row becomes due (queued time or lease expiry), and how many rows are
-/// queued and being sent.
+/// When the next `kpn` row becomes due (queued time or lease expiry), and how many rows are
+/// queued and being sent through KPN.
 pub async fn pending(pool: &PgPool) -> Result<(Option<DateTime<Utc>>, i64, i64), sqlx::Error> {
     sqlx::query_as(
         "SELECT LEAST( \
-             (SELECT min(next_attempt_at) FROM downlinks WHERE status = 'queued'), \
+             (SELECT min(next_attempt_at) FROM downlinks WHERE status = 'queued' AND transport = 'kpn'), \
              (SELECT min(lease_until) FROM downlinks WHERE status = 'sending')), \
-             (SELECT count(*) FROM downlinks WHERE status = 'queued'), \
+             (SELECT count(*) FROM downlinks WHERE status = 'queued' AND transport = 'kpn'), \
              (SELECT count(*) FROM downlinks WHERE status = 'sending')",
     )
     .fetch_one(pool)

@@ -11,13 +11,14 @@ use uuid::Uuid;
 pub struct MessageRow {
     pub id: i64,
     pub plug: Option<Uuid>,
-    pub destination: String,
+    pub destination: Option<String>,
     pub received_at: DateTime<Utc>,
     pub device: Option<String>,
     pub status: String,
     pub decode_error: Option<String>,
     pub record_count: i32,
     pub headers: Json<BTreeMap<String, String>>,
+    pub door: String,
 }
 
 #[derive(Debug, Default)]
@@ -40,8 +41,8 @@ pub async fn list(pool: &PgPool, filter: &MessageFilter) -> Result<Vec<MessageRo
 pub fn select(filter: &MessageFilter) -> QueryBuilder<Postgres> {
     let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
         "SELECT m.id, x.plug, x.name AS destination, m.received_at, d.urn AS device, m.status, \
-                m.decode_error, m.record_count, m.headers \
-         FROM messages m JOIN destinations x ON x.id = m.destination_id \
+                m.decode_error, m.record_count, m.headers, m.door \
+         FROM messages m LEFT JOIN destinations x ON x.id = m.destination_id \
          LEFT JOIN devices d ON d.id = m.device_id WHERE TRUE",
     );
     if let Some(status) = filter.status {

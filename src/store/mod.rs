@@ -4,6 +4,7 @@
 //! PostgreSQL is the only shared state: every process (the server, the CLI, replicas) talks to
 //! the same database and nothing else, so the CLI works the same whether or not `serve` runs.
 
+pub mod answer_downlinks;
 pub mod api_keys;
 pub mod deliveries;
 pub mod destinations;

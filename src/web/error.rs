@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use crate::admin::AdminError;
 use crate::downlink::outbox::OutboxError;
 use crate::downlink::request::RequestError;
-use crate::error::{AppError, RETRY_AFTER_SECONDS};
+use crate::error::{AppError, PlainText, RETRY_AFTER_SECONDS};
 use crate::ingest::pipeline::PipelineError;
 
 impl From<sqlx::Error> for AppError {
@@ -72,28 +72,41 @@ impl From<JsonRejection> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let (status, code) = (self.status(), self.code());
-        if let AppError::Unavailable(reason) = &self {
-            tracing::warn!(%reason, "answering 503");
-        }
-        let body = Json(serde_json::json!({ "error": code, "detail": self.to_string() }));
-        let mut response = (status, body).into_response();
-        let headers = response.headers_mut();
-        match self {
-            AppError::Unavailable(_) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-            }
-            AppError::Overloaded => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-            }
-            AppError::Unauthenticated => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            AppError::TooManyAttempts(seconds) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            }
-            _ => {}
-        }
-        response
+        let body = Json(serde_json::json!({ "error": self.code(), "detail": self.to_string() }));
+        answer(self, body.into_response())
     }
+}
+
+impl IntoResponse for PlainText {
+    fn into_response(self) -> Response {
+        let PlainText(error) = self;
+        let text = format!("{error}\n");
+        answer(error, text.into_response())
+    }
+}
+
+/// Gives `body` the status and headers of `error` (and logs a 503's reason, never sent).
+fn answer(error: AppError, body: Response) -> Response {
+    let status = error.status();
+    if let AppError::Unavailable(reason) = &error {
+        tracing::warn!(%reason, "answering 503");
+    }
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    match error {
+        AppError::Unavailable(_) => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        AppError::Overloaded => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        }
+        AppError::Unauthenticated => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        AppError::TooManyAttempts(seconds) => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        _ => {}
+    }
+    response
 }

@@ -65,6 +65,16 @@ pub async fn readyz(State(state): State<AppState>, mut parts: Parts) -> Response
         }),
     );
 
+    let (registered, version) = state.ingest.devices.stats();
+    readiness.detail(
+        "devices",
+        serde_json::json!({
+            "registered": registered,
+            "version": format!("{version:016x}"),
+            "current": state.ingest.devices.is_current(),
+        }),
+    );
+
     let (spooled, spool_bytes) = state.ingest.pipeline.spool().depth();
     readiness.detail(
         "spool",

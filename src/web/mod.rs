@@ -22,15 +22,28 @@ use tower_http::trace::TraceLayer;
 
 pub use state::AppState;
 
+/// Everything the main listener serves.
 pub fn router(state: AppState) -> Router {
-    // The door reads its body itself, under `--max-body`, once the head has been checked.
-    Router::new()
+    // The doors read their bodies themselves, under their limits, once the head is checked.
+    let routes = Router::new()
         .merge(crate::ingest::doors::routes())
         .nest("/api/v1", crate::api::routes())
         .route("/metrics", get(metrics::render))
         .merge(crate::api::docs::router())
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    shared_layers(routes).with_state(state)
+}
+
+/// What the plain-HTTP device listener serves: the device doors and nothing else (no API, no
+/// console, no KPN destination door), so exposing it to a private APN exposes only them.
+pub fn device_router(state: AppState) -> Router {
+    shared_layers(crate::ingest::doors::device_routes()).with_state(state)
+}
+
+/// The layers every request shares, on either listener.
+fn shared_layers(routes: Router<AppState>) -> Router<AppState> {
+    routes
         // Outermost last: an unusable incoming id is dropped, an id set (kept or made), the
         // answer given the same id, and the request traced in a span that names it.
         .layer(TraceLayer::new_for_http().make_span_with(request_id::span))
@@ -40,7 +53,6 @@ pub fn router(state: AppState) -> Router {
             MakeRequestUuid,
         ))
         .layer(MapRequestLayer::new(request_id::drop_unusable))
-        .with_state(state)
 }
 
 /// The OpenAPI document of `/api/v1`, as served and as checked into `docs/openapi.json`.

@@ -1,24 +1,24 @@
 //! The KPN Things destination door: `POST /ingest/kpn` (and `GET` with a body, which a KPN
 //! destination can be configured to send).
 
-use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use uuid::Uuid;
 
 use crate::error::AppError;
 use crate::ingest::IngestState;
-use crate::ingest::delivery::RawDelivery;
+use crate::ingest::delivery::{RawDelivery, Sender};
 use crate::ingest::headers::extra_headers;
 use crate::ingest::pipeline::Accepted;
 use crate::ingest::verify::destinations::VerifyFailure;
-use crate::token::{BodyDigest, Token};
+use crate::token::BodyDigest;
+
+pub use super::head::TOKEN_HEADER;
+use super::head::{declared_length, read_body, single, token_header};
 
 pub const PLUG_HEADER: &str = "things-plug-uuid";
-pub const TOKEN_HEADER: &str = "things-message-token";
 const DOOR: &str = "destination";
 
 /// Everything that can be refused is refused from the request head, before a byte of the
@@ -87,8 +87,10 @@ async fn receive_inner(state: &IngestState, request: Request) -> Result<Response
         })?;
 
     let raw = RawDelivery {
-        destination_id: verified.destination.id,
-        bind_plug: verified.bind_plug,
+        sender: Sender::Destination {
+            id: verified.destination.id,
+            bind_plug: verified.bind_plug,
+        },
         token,
         received_at,
         body,
@@ -98,7 +100,7 @@ async fn receive_inner(state: &IngestState, request: Request) -> Result<Response
 
     // Spooled, the binding is not in the database yet: the next delivery for this plug
     // matches the pending secret again and carries the same binding.
-    if verified.bind_plug.is_some() && accepted != Accepted::Spooled {
+    if verified.bind_plug.is_some() && !matches!(accepted, Accepted::Spooled) {
         tracing::info!(destination = %verified.destination.name, %plug, "bound pending destination to its plug");
         // Our own cache must know the plug before the next delivery; the notification
         // reaches the other processes.
@@ -120,24 +122,6 @@ async fn receive_inner(state: &IngestState, request: Request) -> Result<Response
     Ok(response)
 }
 
-/// The one value of a required header. Twice is refused rather than "first wins": two
-/// values mean a proxy or client mixed up two requests, and no answer would be right for both.
-fn single<'a>(
-    headers: &'a HeaderMap,
-    name: &'static str,
-    display: &'static str,
-) -> Result<&'a HeaderValue, AppError> {
-    let mut values = headers.get_all(name).iter();
-    let value = values.next().ok_or(AppError::MissingHeader(display))?;
-    if values.next().is_some() {
-        return Err(AppError::MalformedHeader {
-            name: display,
-            reason: "given more than once",
-        });
-    }
-    Ok(value)
-}
-
 fn plug_header(headers: &HeaderMap) -> Result<Uuid, AppError> {
     let value = single(headers, PLUG_HEADER, "Things-Plug-UUID")?;
     value
@@ -148,38 +132,4 @@ fn plug_header(headers: &HeaderMap) -> Result<Uuid, AppError> {
             name: "Things-Plug-UUID",
             reason: "expected a UUID",
         })
-}
-
-fn token_header(headers: &HeaderMap) -> Result<Token, AppError> {
-    let value = single(headers, TOKEN_HEADER, "Things-Message-Token")?;
-    value
-        .to_str()
-        .ok()
-        .and_then(Token::parse)
-        .ok_or(AppError::MalformedHeader {
-            name: "Things-Message-Token",
-            reason: "expected 64 hexadecimal characters",
-        })
-}
-
-/// The `Content-Length` the client declared, if any. An unparsable one is left to hyper,
-/// which refuses it before we are called.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Reads the whole body, refusing it as soon as it grows past `limit` (a body without a
-/// declared length, or HTTP/2 DATA frames beyond it).
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, AppError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(AppError::PayloadTooLarge(limit)),
-        Err(_) => Err(AppError::BadBody),
-    }
 }

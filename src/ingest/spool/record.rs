@@ -9,12 +9,18 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::ingest::delivery::RawDelivery;
+use crate::ingest::delivery::{DeviceDoor, RawDelivery, Sender};
 use crate::token::Token;
 
 const MAGIC: u32 = 0x5452_5350; // "TRSP"
 pub(super) const HEADER_LEN: usize = 12;
-const FORMAT_VERSION: u8 = 1;
+/// Version 1 knew only destination deliveries; version 2 names the sender. Both are read, so
+/// a spool written before an upgrade replays after it.
+const FORMAT_VERSION: u8 = 2;
+const DESTINATION_ONLY: u8 = 1;
+const SENDER_DESTINATION: u8 = 0;
+const SENDER_M2M: u8 = 1;
+const SENDER_IP: u8 = 2;
 
 /// Every intact record of a segment, stopping at the first torn or corrupt one.
 pub(super) fn read_segment(path: &Path) -> std::io::Result<Vec<RawDelivery>> {
@@ -78,13 +84,31 @@ pub(super) fn encode(d: &RawDelivery) -> Vec<u8> {
     let headers = serde_json::to_vec(&d.headers).unwrap_or_else(|_| b"{}".to_vec());
     let mut out = Vec::with_capacity(96 + headers.len() + d.body.len());
     out.push(FORMAT_VERSION);
-    out.extend_from_slice(d.destination_id.as_bytes());
-    match d.bind_plug {
-        Some(plug) => {
-            out.push(1);
-            out.extend_from_slice(plug.as_bytes());
+    match &d.sender {
+        Sender::Destination { id, bind_plug } => {
+            out.push(SENDER_DESTINATION);
+            out.extend_from_slice(id.as_bytes());
+            match bind_plug {
+                Some(plug) => {
+                    out.push(1);
+                    out.extend_from_slice(plug.as_bytes());
+                }
+                None => out.push(0),
+            }
         }
-        None => out.push(0),
+        Sender::Device {
+            key_id,
+            urn_key,
+            door,
+        } => {
+            out.push(match door {
+                DeviceDoor::M2m => SENDER_M2M,
+                DeviceDoor::Ip => SENDER_IP,
+            });
+            out.extend_from_slice(key_id.as_bytes());
+            out.extend_from_slice(&(urn_key.len() as u32).to_le_bytes());
+            out.extend_from_slice(urn_key.as_bytes());
+        }
     }
     out.extend_from_slice(&d.token.0);
     out.extend_from_slice(&d.received_at.timestamp_micros().to_le_bytes());
@@ -104,13 +128,33 @@ fn decode(mut p: &[u8]) -> Option<RawDelivery> {
         *p = tail;
         Some(head)
     }
-    if take(&mut p, 1)?[0] != FORMAT_VERSION {
-        return None;
-    }
-    let destination_id = Uuid::from_slice(take(&mut p, 16)?).ok()?;
-    let bind_plug = match take(&mut p, 1)?[0] {
-        0 => None,
-        _ => Some(Uuid::from_slice(take(&mut p, 16)?).ok()?),
+    let kind = match take(&mut p, 1)?[0] {
+        DESTINATION_ONLY => SENDER_DESTINATION,
+        FORMAT_VERSION => take(&mut p, 1)?[0],
+        _ => return None,
+    };
+    let id = Uuid::from_slice(take(&mut p, 16)?).ok()?;
+    let sender = match kind {
+        SENDER_DESTINATION => Sender::Destination {
+            id,
+            bind_plug: match take(&mut p, 1)?[0] {
+                0 => None,
+                _ => Some(Uuid::from_slice(take(&mut p, 16)?).ok()?),
+            },
+        },
+        SENDER_M2M | SENDER_IP => {
+            let len = u32::from_le_bytes(take(&mut p, 4)?.try_into().ok()?) as usize;
+            Sender::Device {
+                key_id: id,
+                urn_key: String::from_utf8(take(&mut p, len)?.to_vec()).ok()?,
+                door: if kind == SENDER_M2M {
+                    DeviceDoor::M2m
+                } else {
+                    DeviceDoor::Ip
+                },
+            }
+        }
+        _ => return None,
     };
     let token = Token(take(&mut p, 32)?.try_into().ok()?);
     let micros = i64::from_le_bytes(take(&mut p, 8)?.try_into().ok()?);
@@ -120,8 +164,7 @@ fn decode(mut p: &[u8]) -> Option<RawDelivery> {
     let len = u32::from_le_bytes(take(&mut p, 4)?.try_into().ok()?) as usize;
     let body = Bytes::copy_from_slice(take(&mut p, len)?);
     Some(RawDelivery {
-        destination_id,
-        bind_plug,
+        sender,
         token,
         received_at,
         body,

@@ -128,7 +128,7 @@ impl Spool {
         let path = quarantine_record(&self.shared.dir, at, &frame(&encode(raw)))
             .map_err(|e| WriteError::Unavailable(e.into()))?;
         metrics::counter!("things_spool_quarantined_records_total").increment(1);
-        tracing::error!(%error, destination = %raw.destination_id, file = %path.display(),
+        tracing::error!(%error, sender = %raw.sender, file = %path.display(),
             "a spooled delivery failed twice although the database answers; moved it to the \
              spool's quarantine and went on with the rest");
         Ok(())

@@ -14,13 +14,27 @@ use super::append::AppendState;
 use super::record::{HEADER_LEN, encode, frame, read_segment};
 use super::segment::{SegmentFile, quarantine_record, segment_path, segments};
 use super::{Command, Shared, Spool, SpoolError};
-use crate::ingest::delivery::RawDelivery;
+use crate::ingest::delivery::{DeviceDoor, RawDelivery, Sender};
 use crate::token::Token;
 
 fn raw(n: u8) -> RawDelivery {
+    let sender = match n % 4 {
+        0 | 1 => Sender::Destination {
+            id: Uuid::new_v4(),
+            bind_plug: n.is_multiple_of(2).then(Uuid::new_v4),
+        },
+        k => Sender::Device {
+            key_id: Uuid::new_v4(),
+            urn_key: format!("urn:dev:imei:35{n:013}:"),
+            door: if k == 2 {
+                DeviceDoor::M2m
+            } else {
+                DeviceDoor::Ip
+            },
+        },
+    };
     RawDelivery {
-        destination_id: Uuid::new_v4(),
-        bind_plug: n.is_multiple_of(2).then(Uuid::new_v4),
+        sender,
         token: Token([n; 32]),
         received_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
         body: Bytes::from(format!(r#"[{{"n":"x","v":{n}}}]"#)),
@@ -29,8 +43,7 @@ fn raw(n: u8) -> RawDelivery {
 }
 
 fn same(a: &RawDelivery, b: &RawDelivery) -> bool {
-    a.destination_id == b.destination_id
-        && a.bind_plug == b.bind_plug
+    a.sender == b.sender
         && a.token == b.token
         && a.received_at == b.received_at
         && a.body == b.body
@@ -75,10 +88,11 @@ async fn a_full_spool_refuses_appends() {
     let dir = tempfile::tempdir().unwrap();
     let one = frame(&encode(&raw(1))).len() as u64;
     let spool = Spool::open(dir.path(), one * 2).unwrap();
+    // Records of one size (raw(n) for n % 4 == 1 is a destination delivery without a plug).
     spool.append(&raw(1)).await.unwrap();
-    spool.append(&raw(3)).await.unwrap();
+    spool.append(&raw(5)).await.unwrap();
     assert!(matches!(
-        spool.append(&raw(5)).await,
+        spool.append(&raw(9)).await,
         Err(SpoolError::Full(_))
     ));
     assert_eq!(spool.depth().0, 2);
@@ -248,4 +262,40 @@ async fn spool_files_are_private() {
     assert_eq!(mode(&quarantined), 0o600);
     assert_eq!(mode(quarantined.parent().unwrap()), 0o700);
     assert_eq!(read_segment(&quarantined).unwrap().len(), 1);
+}
+
+/// A spool written by a version that knew only destination deliveries (format 1) still
+/// replays after an upgrade.
+#[test]
+fn a_record_of_the_first_format_still_reads() {
+    let id = Uuid::new_v4();
+    let plug = Uuid::new_v4();
+    let headers = br#"{"a":"b"}"#;
+    let body = br#"[{"bn":"urn:dev:IMEI:1:","n":"t","v":1}]"#;
+    let mut payload = vec![1u8];
+    payload.extend_from_slice(id.as_bytes());
+    payload.push(1);
+    payload.extend_from_slice(plug.as_bytes());
+    payload.extend_from_slice(&[5; 32]);
+    payload.extend_from_slice(&1_700_000_000_000_000i64.to_le_bytes());
+    payload.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    payload.extend_from_slice(headers);
+    payload.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    payload.extend_from_slice(body);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.seg");
+    std::fs::write(&path, frame(&payload)).unwrap();
+
+    let read = read_segment(&path).unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(
+        read[0].sender,
+        Sender::Destination {
+            id,
+            bind_plug: Some(plug)
+        }
+    );
+    assert_eq!(read[0].token, Token([5; 32]));
+    assert_eq!(&read[0].body[..], &body[..]);
+    assert_eq!(read[0].headers.get("a").map(String::as_str), Some("b"));
 }

@@ -2,8 +2,9 @@
 //! that verifying never touches the database (an unauthenticated request costs a hash and
 //! nothing else, and an unknown sender costs the same as a known one with a wrong token).
 //!
-//! One file per kind of sender: [`destinations`] for KPN destinations (plug and shared
-//! secret). The caches of device keys for the device doors belong here too, each kept
-//! current by the same `store::listen` helper.
+//! One file per kind of sender, each kept current by the same `store::listen` helper:
+//! [`destinations`] for KPN destinations (plug and shared secret), [`devices`] for devices
+//! registered for the device doors (URN and device secret).
 
 pub mod destinations;
+pub mod devices;
