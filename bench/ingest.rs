@@ -9,6 +9,8 @@
 //!   transaction, commits durable).
 //!
 //! and prints our throughput as a ratio of each, because this machine is shared and noisy.
+//! A last phase drives the device door (`/ingestion/ip/senml/v1`, registered IMEI devices
+//! signing with their own secret) at full speed, for its rate beside the destination door's.
 //! Environment: `BENCH_SECONDS` (per phase, default 10), `BENCH_CONCURRENCY` (default 64),
 //! `BENCH_SERVER_ARGS` (extra `serve` flags, e.g. `--writer-concurrency 1`).
 
@@ -23,6 +25,7 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
+use things_receiver::secrets::SecretKey;
 use things_receiver::senml;
 use things_receiver::store::deliveries::{Delivery, RawDelivery, Sender, store_batch};
 use things_receiver::store::embedded::{EmbeddedOptions, EmbeddedPostgres};
@@ -38,12 +41,39 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Devices registered for the device-door phase: as many as the destination phase's packs name.
+const DEVICES: u64 = 1000;
+
+/// The URN of registered device `n` (of [`DEVICES`]).
+fn device_urn(n: u64) -> String {
+    format!("urn:dev:IMEI:35000000000{n:04}:")
+}
+
+/// How a phase signs and addresses its deliveries.
+#[derive(Clone, Copy)]
+enum Door {
+    /// KPN's destination door, with this plug; packs of 1000 LoRa devices.
+    Destination(uuid::Uuid),
+    /// The Internet device door; packs of the registered devices.
+    Device,
+}
+
 /// A unique pack of 3 to 10 records.
 fn pack(i: u64) -> Vec<u8> {
+    pack_for(
+        &format!(
+            "urn:dev:DEVEUI:{:016X}:",
+            0x0059_AC00_0000_0000u64 + i % 1000
+        ),
+        i,
+    )
+}
+
+/// A unique pack of 3 to 10 records of the device `urn`.
+fn pack_for(urn: &str, i: u64) -> Vec<u8> {
     let records = 3 + i % 8;
     let mut pack = format!(
-        r#"[{{"bn":"urn:dev:DEVEUI:{:016X}:","bt":{},"n":"payload","vs":"{:08x}"}}"#,
-        0x0059_AC00_0000_0000u64 + i % 1000,
+        r#"[{{"bn":"{urn}","bt":{},"n":"payload","vs":"{:08x}"}}"#,
         1_700_000_000 + i,
         i
     );
@@ -83,7 +113,7 @@ impl Run {
 /// `rate` set, paces them to that many per second in total.
 async fn load(
     url: &str,
-    plug: uuid::Uuid,
+    door: Door,
     concurrency: u64,
     seconds: u64,
     rate: Option<f64>,
@@ -118,12 +148,17 @@ async fn load(
                     due += interval;
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let body = pack(i);
+                let body = match door {
+                    Door::Destination(_) => pack(i),
+                    Door::Device => pack_for(&device_urn(i % DEVICES), i),
+                };
                 let token = Token::sign(&body, SECRET.as_bytes()).to_hex();
                 let sent = Instant::now();
-                let result = client
-                    .post(&url)
-                    .header("Things-Plug-UUID", plug.to_string())
+                let mut request = client.post(&url);
+                if let Door::Destination(plug) = door {
+                    request = request.header("Things-Plug-UUID", plug.to_string());
+                }
+                let result = request
                     .header("Things-Message-Token", token)
                     .header("Content-type", "application/json")
                     .body(body)
@@ -319,6 +354,17 @@ async fn main() {
         "--secret",
         SECRET,
     ]);
+    // The CLI created the sealing key; registering in-process is faster than a CLI each.
+    {
+        let key = SecretKey::load(None, &data_dir.join("secret.key"), false).unwrap();
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        for n in 0..DEVICES {
+            things_receiver::admin::devices::add(&pool, &key, &device_urn(n), Some(SECRET.into()))
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
 
     let mut server = Command::new(BIN)
         .arg("--data-dir")
@@ -335,17 +381,21 @@ async fn main() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let server_url = {
+    let base_url = {
         use std::io::BufRead;
         let stdout = server.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(stdout).lines();
         let first = lines.next().unwrap().unwrap();
         std::thread::spawn(move || for _ in lines {});
-        format!(
-            "{}/ingest/kpn",
-            first.split(" listening on ").nth(1).unwrap().trim()
-        )
+        first
+            .split(" listening on ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_owned()
     };
+    let server_url = format!("{base_url}/ingest/kpn");
+    let device_url = format!("{base_url}/ingestion/ip/senml/v1");
     let pid = server.id();
 
     println!(
@@ -354,13 +404,21 @@ async fn main() {
 
     // 1. Our server at full speed.
     let cpu_before = cpu_seconds(pid);
-    let mut ours = load(&server_url, plug, concurrency, seconds, None, 0).await;
+    let mut ours = load(
+        &server_url,
+        Door::Destination(plug),
+        concurrency,
+        seconds,
+        None,
+        0,
+    )
+    .await;
     let cpu = cpu_seconds(pid) - cpu_before;
     let max_rate = ours.rate();
     // 2. Our server at half that rate, for latency.
     let mut half = load(
         &server_url,
-        plug,
+        Door::Destination(plug),
         concurrency,
         seconds,
         Some(max_rate / 2.0),
@@ -368,6 +426,16 @@ async fn main() {
     )
     .await;
     let rss = peak_rss_mib(pid);
+    // 2b. The device door at full speed, on the same server.
+    let mut devices = load(
+        &device_url,
+        Door::Device,
+        concurrency,
+        seconds,
+        None,
+        400_000_000,
+    )
+    .await;
 
     // Count what is really stored (spooled deliveries would not count as stored).
     let mut db = PgConnection::connect(&url).await.unwrap();
@@ -384,7 +452,15 @@ async fn main() {
 
     // 3. Ceiling: verify-only TLS server.
     let (bare_url, handle) = bare_server(&work.path().join("bare")).await;
-    let bare = load(&bare_url, plug, concurrency, seconds, None, 200_000_000).await;
+    let bare = load(
+        &bare_url,
+        Door::Destination(plug),
+        concurrency,
+        seconds,
+        None,
+        200_000_000,
+    )
+    .await;
     handle.shutdown();
 
     // 4. Ceiling: direct bulk insert of the same rows.
@@ -408,6 +484,16 @@ async fn main() {
         "{:<44} {:>12.0} {:>9.2} {:>9.2} {:>9}",
         "things-receiver, half of max rate", half_rate, half_p50, half_p99, half.errors
     );
+    let devices_p50 = devices.percentile(0.5);
+    let devices_p99 = devices.percentile(0.99);
+    println!(
+        "{:<44} {:>12.0} {:>9.2} {:>9.2} {:>9}",
+        "things-receiver, device door, full speed",
+        devices.rate(),
+        devices_p50,
+        devices_p99,
+        devices.errors
+    );
     let mut bare = bare;
     let bare_p50 = bare.percentile(0.5);
     let bare_p99 = bare.percentile(0.99);
@@ -430,7 +516,7 @@ async fn main() {
     println!();
     println!(
         "stored in PostgreSQL: {stored} of {} acknowledged",
-        ours.deliveries + half.deliveries
+        ours.deliveries + half.deliveries + devices.deliveries
     );
     println!(
         "server CPU at full speed: {:.2} cores; server peak RSS: {rss:.1} MiB",
@@ -440,6 +526,11 @@ async fn main() {
     println!(
         "ratio to bulk-insert ceiling: {:.2}",
         max_rate / bulk.rate()
+    );
+    println!(
+        "device door: {:.2} of the destination door's rate, {:.2} of the TLS+verify ceiling",
+        devices.rate() / max_rate,
+        devices.rate() / bare.rate()
     );
     pg.stop().await.unwrap();
 }

@@ -454,7 +454,12 @@ async fn downlinks_ride_one_per_answer_in_order_and_a_retry_gets_the_same_one() 
         json!({"payload_hex": "01"}),
     )
     .await;
-    assert_eq!(status, 404, "{json}");
+    // Neither registered nor known: only KPN could take it, and KPN is not configured.
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (503, Some("not_configured")),
+        "{json}"
+    );
 }
 
 #[tokio::test]
@@ -684,4 +689,60 @@ async fn device_uplinks_are_spooled_while_the_database_is_down() {
     assert_eq!(response.status(), 200);
     drop(server);
     pg.stop().await.unwrap();
+}
+
+/// KPN's own packs, byte for byte: an Internet device without `bt` gets the receipt time.
+#[tokio::test]
+async fn kpn_device_packs_are_stored_with_receipt_time_when_bt_is_absent() {
+    let env = Env::new().await;
+    let (server, base) = start(&env, &[]).await;
+    env.cli_ok(&["devices", "add", DVNUUID, "--secret", DEVICE_SECRET]);
+    let client = client();
+    let key = env.api_key("reader", "read");
+    wait_ready(&client, &server, |j| j["devices"]["registered"] == 2).await;
+
+    let before = chrono::Utc::now();
+    let body = fixture("internet-uplink-no-time.json");
+    assert_eq!(
+        uplink(&client, &server.url(IP), DEVICE_SECRET, &body)
+            .await
+            .status(),
+        202
+    );
+    let after = chrono::Utc::now();
+    let body = fixture("m2m-uplink.json");
+    assert_eq!(
+        uplink(&client, &format!("{base}{M2M}"), DEVICE_SECRET, &body)
+            .await
+            .status(),
+        202
+    );
+
+    let (_, latest) = api_get(
+        &client,
+        &server,
+        &key,
+        &format!("/api/v1/devices/{DVNUUID}/latest"),
+    )
+    .await;
+    let time = latest["values"][0]["time"]
+        .as_str()
+        .unwrap()
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .unwrap();
+    assert!(
+        before - chrono::TimeDelta::milliseconds(1) <= time && time <= after,
+        "{latest}"
+    );
+    let (_, latest) = api_get(
+        &client,
+        &server,
+        &key,
+        &format!("/api/v1/devices/{IMEI}/latest"),
+    )
+    .await;
+    assert_eq!(
+        latest["values"][0]["time"], "2023-11-14T22:13:20Z",
+        "{latest}"
+    );
 }

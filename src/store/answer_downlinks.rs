@@ -46,14 +46,20 @@ pub(super) async fn replies(
         return Ok(replies);
     }
 
-    if !new.is_empty() {
-        let keys: Vec<Uuid> = new.iter().map(|(_, k, _)| *k).collect();
-        let messages: Vec<i64> = new.iter().map(|(_, _, m)| *m).collect();
-        let delivered = deliver_oldest(tx, &keys, &messages).await?;
-        for (i, _, message_id) in &new {
-            if let Some(downlink) = delivered.get(message_id) {
-                set_downlink(&mut replies[*i], downlink.clone());
-            }
+    // One round trip for the new uplinks: deliver, expire, count.
+    let keys: Vec<Uuid> = new.iter().map(|(_, k, _)| *k).collect();
+    let messages: Vec<i64> = new.iter().map(|(_, _, m)| *m).collect();
+    let mut answering: Vec<Uuid> = keys
+        .iter()
+        .copied()
+        .chain(retries.iter().map(|(_, k, _)| *k))
+        .collect();
+    answering.sort_unstable();
+    answering.dedup();
+    let round = deliver_expire_count(tx, &answering, &keys, &messages).await?;
+    for (i, _, message_id) in &new {
+        if let Some(downlink) = round.delivered.get(message_id) {
+            set_downlink(&mut replies[*i], downlink.clone());
         }
     }
     if !retries.is_empty() {
@@ -66,22 +72,19 @@ pub(super) async fn replies(
             }
         }
     }
-
-    let answering: Vec<(usize, Uuid)> = new
-        .iter()
-        .map(|(i, k, _)| (*i, *k))
-        .chain(retries.iter().map(|(i, k, _)| (*i, *k)))
-        .collect();
-    let mut keys: Vec<Uuid> = answering.iter().map(|(_, k)| *k).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let pending = expire_and_count(tx, &keys).await?;
-    for (i, key) in answering {
-        if let Some(reply) = &mut replies[i] {
-            reply.pending = pending.get(&key).copied().unwrap_or(0);
-        }
+    for (i, key, _) in &new {
+        set_pending(&mut replies[*i], round.pending(key));
+    }
+    for (i, key, _) in &retries {
+        set_pending(&mut replies[*i], round.pending(key));
     }
     Ok(replies)
+}
+
+fn set_pending(reply: &mut Option<DeviceReply>, pending: i64) {
+    if let Some(reply) = reply {
+        reply.pending = pending;
+    }
 }
 
 fn set_downlink(reply: &mut Option<DeviceReply>, downlink: ReplyDownlink) {
@@ -90,44 +93,103 @@ fn set_downlink(reply: &mut Option<DeviceReply>, downlink: ReplyDownlink) {
     }
 }
 
-/// Marks the oldest queued downlinks delivered: for each registration, as many as it has new
-/// messages here, paired with them in order. Returns the downlink of each message that got one.
-async fn deliver_oldest(
+/// What one round of [`deliver_expire_count`] found.
+struct Round {
+    /// The downlink each new message got.
+    delivered: HashMap<i64, ReplyDownlink>,
+    /// Per registration: queued and unexpired before this round, and delivered in it.
+    queued: HashMap<Uuid, i64>,
+    delivered_per_key: HashMap<Uuid, i64>,
+}
+
+impl Round {
+    /// How many downlinks still wait for `key` after this round.
+    fn pending(&self, key: &Uuid) -> i64 {
+        let queued = self.queued.get(key).copied().unwrap_or(0);
+        let taken = self.delivered_per_key.get(key).copied().unwrap_or(0);
+        (queued - taken).max(0)
+    }
+}
+
+/// In one statement: marks the oldest queued downlinks delivered (for each registration in
+/// `keys`, as many as it has new messages in `messages`, paired with them in order), expires
+/// the overdue ones of every registration in `answering`, and counts what was queued before.
+/// The count shares the statement's snapshot, so it still includes the rows this statement
+/// delivers: [`Round::pending`] subtracts them.
+async fn deliver_expire_count(
     tx: &mut PgConnection,
+    answering: &[Uuid],
     keys: &[Uuid],
     messages: &[i64],
-) -> Result<HashMap<i64, ReplyDownlink>, sqlx::Error> {
-    let rows: Vec<(i64, Uuid, String)> = sqlx::query_as(
+) -> Result<Round, sqlx::Error> {
+    type Row = (Option<i64>, Option<Uuid>, Option<String>, Uuid, i64);
+    let rows: Vec<Row> = sqlx::query_as(
         "WITH wanted AS ( \
              SELECT k, m, row_number() OVER (PARTITION BY k ORDER BY o) AS rank \
-             FROM UNNEST($1::uuid[], $2::int8[]) WITH ORDINALITY AS u(k, m, o)), \
+             FROM UNNEST($2::uuid[], $3::int8[]) WITH ORDINALITY AS u(k, m, o)), \
          candidates AS ( \
              SELECT id, device_key_id, seq FROM downlinks \
-             WHERE device_key_id = ANY($1) AND transport = 'response' AND status = 'queued' \
+             WHERE device_key_id = ANY($2) AND transport = 'response' AND status = 'queued' \
                AND expires_at > now() \
              FOR UPDATE SKIP LOCKED), \
          ranked AS ( \
              SELECT id, device_key_id AS k, \
                     row_number() OVER (PARTITION BY device_key_id ORDER BY seq) AS rank \
-             FROM candidates) \
-         UPDATE downlinks dl SET status = 'delivered', message_id = w.m, updated_at = now(), \
-             finished_at = now() \
-         FROM ranked r JOIN wanted w ON w.k = r.k AND w.rank = r.rank \
-         WHERE dl.id = r.id \
-         RETURNING w.m, dl.id, dl.body",
+             FROM candidates), \
+         delivered AS ( \
+             UPDATE downlinks dl SET status = 'delivered', message_id = w.m, \
+                 updated_at = now(), finished_at = now() \
+             FROM ranked r JOIN wanted w ON w.k = r.k AND w.rank = r.rank \
+             WHERE dl.id = r.id \
+             RETURNING w.m, dl.id, dl.body, dl.device_key_id), \
+         expired AS ( \
+             UPDATE downlinks SET status = 'expired', updated_at = now(), finished_at = now() \
+             WHERE id IN (SELECT id FROM downlinks \
+                          WHERE device_key_id = ANY($1) AND transport = 'response' \
+                            AND status = 'queued' AND expires_at <= now() \
+                          FOR UPDATE SKIP LOCKED) \
+             RETURNING device_key_id) \
+         SELECT m, id, body, device_key_id, 0::int8 FROM delivered \
+         UNION ALL \
+         SELECT NULL, NULL, NULL, device_key_id, -count(*) FROM expired GROUP BY device_key_id \
+         UNION ALL \
+         SELECT NULL, NULL, NULL, device_key_id, count(*) FROM downlinks \
+         WHERE device_key_id = ANY($1) AND transport = 'response' AND status = 'queued' \
+           AND expires_at > now() \
+         GROUP BY device_key_id",
     )
+    .bind(answering)
     .bind(keys)
     .bind(messages)
     .fetch_all(&mut *tx)
     .await?;
-    if !rows.is_empty() {
-        metrics::counter!("things_downlinks_total", "state" => "delivered", "transport" => "response")
-            .increment(rows.len() as u64);
+    let mut round = Round {
+        delivered: HashMap::new(),
+        queued: HashMap::new(),
+        delivered_per_key: HashMap::new(),
+    };
+    let mut expired = 0;
+    for (message, id, body, key, count) in rows {
+        match (message, id, body) {
+            (Some(message), Some(id), Some(body)) => {
+                *round.delivered_per_key.entry(key).or_default() += 1;
+                round.delivered.insert(message, ReplyDownlink { id, body });
+            }
+            _ if count < 0 => expired += -count,
+            _ => {
+                round.queued.insert(key, count);
+            }
+        }
     }
-    Ok(rows
-        .into_iter()
-        .map(|(message, id, body)| (message, ReplyDownlink { id, body }))
-        .collect())
+    if !round.delivered.is_empty() {
+        metrics::counter!("things_downlinks_total", "state" => "delivered", "transport" => "response")
+            .increment(round.delivered.len() as u64);
+    }
+    if expired > 0 {
+        metrics::counter!("things_downlinks_total", "state" => "expired", "transport" => "response")
+            .increment(expired as u64);
+    }
+    Ok(round)
 }
 
 /// The downlink each retried uplink's first delivery carried, by the retry's position
@@ -151,37 +213,6 @@ async fn delivered_before(
         .into_iter()
         .map(|(position, id, body)| (position, ReplyDownlink { id, body }))
         .collect())
-}
-
-/// Expires the registrations' overdue downlinks and counts those still waiting.
-async fn expire_and_count(
-    tx: &mut PgConnection,
-    keys: &[Uuid],
-) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
-    let expired = sqlx::query(
-        "UPDATE downlinks SET status = 'expired', updated_at = now(), finished_at = now() \
-         WHERE id IN (SELECT id FROM downlinks \
-                      WHERE device_key_id = ANY($1) AND transport = 'response' \
-                        AND status = 'queued' AND expires_at <= now() \
-                      FOR UPDATE SKIP LOCKED)",
-    )
-    .bind(keys)
-    .execute(&mut *tx)
-    .await?;
-    if expired.rows_affected() > 0 {
-        metrics::counter!("things_downlinks_total", "state" => "expired", "transport" => "response")
-            .increment(expired.rows_affected());
-    }
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT device_key_id, count(*) FROM downlinks \
-         WHERE device_key_id = ANY($1) AND transport = 'response' AND status = 'queued' \
-           AND expires_at > now() \
-         GROUP BY device_key_id",
-    )
-    .bind(keys)
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows.into_iter().collect())
 }
 
 /// Expires every overdue `response` downlink, whichever device it waits for (devices that
