@@ -74,7 +74,8 @@ pub enum Command {
     /// Register M2M and Internet devices (and their secrets) for direct ingestion.
     #[command(subcommand)]
     Devices(DevicesCommand),
-    /// Sign a SenML file exactly as KPN Things does and POST it to a receiver.
+    /// Sign a SenML file exactly as KPN Things (or, with --door, a device) does and POST it
+    /// to a receiver.
     Send(SendArgs),
     /// Queue, follow and cancel actuator downlinks to devices.
     #[command(subcommand)]
@@ -407,11 +408,19 @@ pub enum DevicesCommand {
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Receiver URL, e.g. https://localhost:8443/ingest/kpn
+    /// Receiver URL, e.g. https://localhost:8443/ingest/kpn. With --door, http:// (the plain
+    /// device listener) or https://; a URL without a path gets the door's
+    /// (/ingestion/m2m/senml/v1 or /ingestion/ip/senml/v1).
     #[arg(long)]
     pub url: String,
-    #[arg(long)]
-    pub plug: uuid::Uuid,
+    /// Things-Plug-UUID of the destination: send as KPN Things does.
+    #[arg(long, required_unless_present = "door", conflicts_with = "door")]
+    pub plug: Option<uuid::Uuid>,
+    /// Send as a device does instead, to a device door: `m2m` (KPN SIM, plain HTTP,
+    /// `Host: m.m`) or `ip` (Internet devices); no plug header.
+    #[arg(long, value_enum)]
+    pub door: Option<DeviceDoor>,
+    /// The destination's shared secret, or with --door the device's secret.
     #[arg(long, env = "THINGS_SEND_SECRET", hide_env_values = true)]
     pub secret: String,
     /// Extra header NAME=VALUE (repeatable), like the static headers of a KPN destination.
@@ -422,6 +431,15 @@ pub struct SendArgs {
     pub insecure: bool,
     /// The SenML file to send, byte for byte ("-" for standard input).
     pub file: PathBuf,
+}
+
+/// The two doors devices post their uplinks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceDoor {
+    /// M2M devices: `/ingestion/m2m/senml/v1`.
+    M2m,
+    /// Internet devices: `/ingestion/ip/senml/v1`.
+    Ip,
 }
 
 #[derive(Debug, Subcommand)]

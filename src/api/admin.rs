@@ -15,6 +15,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -206,25 +207,8 @@ pub async fn rotate_destination(
 ) -> Result<Json<WithSecret>, AppError> {
     key.require(Scope::Admin)?;
     let plug = path_text("plug", plug)?;
-    let rotation: Rotation = if body.iter().all(u8::is_ascii_whitespace) {
-        Rotation::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                AppError::unprocessable(e.to_string())
-            } else {
-                AppError::bad_parameter("body", e.to_string())
-            }
-        })?
-    };
-    let overlap = match rotation.overlap.as_deref() {
-        None => DEFAULT_OVERLAP,
-        Some(text) => humantime::parse_duration(text).map_err(|_| {
-            AppError::unprocessable(format!(
-                "overlap {text:?} is not a duration: use e.g. 24h, 30m, 0s"
-            ))
-        })?,
-    };
+    let rotation: Rotation = optional_body(&body)?;
+    let overlap = overlap(rotation.overlap.as_deref())?;
     if overlap > Duration::from_secs(366 * 24 * 3600) {
         return Err(AppError::unprocessable("overlap must be at most 366 days"));
     }
@@ -318,7 +302,35 @@ pub async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn path_text(name: &'static str, value: String) -> Result<String, AppError> {
+/// An optional JSON body: empty or blank is `T::default()`; text that is not JSON is 400,
+/// JSON of the wrong shape 422.
+pub(super) fn optional_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, AppError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            AppError::unprocessable(e.to_string())
+        } else {
+            AppError::bad_parameter("body", e.to_string())
+        }
+    })
+}
+
+/// A rotation's overlap as written in a body (`24h`, `30m`, `0s`, ...), 24 hours when
+/// absent. The upper bound is the caller's rule.
+pub(super) fn overlap(text: Option<&str>) -> Result<Duration, AppError> {
+    match text {
+        None => Ok(DEFAULT_OVERLAP),
+        Some(text) => humantime::parse_duration(text).map_err(|_| {
+            AppError::unprocessable(format!(
+                "overlap {text:?} is not a duration: use e.g. 24h, 30m, 0s"
+            ))
+        }),
+    }
+}
+
+pub(super) fn path_text(name: &'static str, value: String) -> Result<String, AppError> {
     crate::api::params::text(name, Some(value))?
         .ok_or_else(|| AppError::bad_parameter(name, "must not be empty"))
 }

@@ -45,6 +45,9 @@ pub struct Device {
     last_seen: String,
     /// Accepted deliveries attributed to this device.
     message_count: i64,
+    /// Whether the device is registered for direct ingestion (it posts to the device doors
+    /// with its own secret; see `POST /devices`).
+    registered: bool,
 }
 
 impl From<DeviceRow> for Device {
@@ -55,6 +58,7 @@ impl From<DeviceRow> for Device {
             first_seen: format_time(row.first_seen),
             last_seen: format_time(row.last_seen),
             message_count: row.message_count,
+            registered: row.registered,
         }
     }
 }

@@ -30,7 +30,7 @@ use utoipa::openapi::{ContentBuilder, Ref, Response, ResponseBuilder};
         (name = "measurements", description = "Stored measurements: pages, exports, live stream"),
         (name = "messages", description = "Accepted deliveries as received"),
         (name = "downlinks", description = "Commands for devices, sent through KPN (scope downlink)"),
-        (name = "admin", description = "Destinations and API keys (scope admin)"),
+        (name = "admin", description = "Destinations, API keys and device registrations (scope admin)"),
     )
 )]
 pub struct ApiDoc;

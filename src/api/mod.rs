@@ -11,6 +11,7 @@ pub mod measurements;
 pub mod messages;
 pub mod page;
 pub mod params;
+pub mod registrations;
 pub mod series;
 pub mod stream;
 
@@ -70,7 +71,7 @@ where
     ApiKey: FromRequestParts<S>,
 {
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
-        .routes(routes!(devices::list))
+        .routes(routes!(devices::list, registrations::register))
         .routes(routes!(devices::get))
         .routes(routes!(devices::latest))
         .routes(routes!(series::series))
@@ -83,6 +84,8 @@ where
         .routes(routes!(admin::remove_destination))
         .routes(routes!(admin::list_api_keys, admin::create_api_key))
         .routes(routes!(admin::revoke_api_key))
+        .routes(routes!(registrations::rotate))
+        .routes(routes!(registrations::unregister))
         .routes(routes!(downlinks::queue))
         .routes(routes!(downlinks::list))
         .routes(routes!(downlinks::show, downlinks::cancel))

@@ -13,6 +13,8 @@ pub struct DeviceRow {
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub message_count: i64,
+    /// Whether the device has a live registration for direct ingestion (`device_keys`).
+    pub registered: bool,
 }
 
 #[derive(Debug, Default)]
@@ -25,7 +27,12 @@ pub struct DeviceFilter {
     pub limit: i64,
 }
 
-const COLUMNS: &str = "id, urn, kind, first_seen, last_seen, message_count";
+/// `registered` is one probe of the partial unique index `device_keys_urn_key` per row, in
+/// the same statement: a page of devices never costs a query per device.
+const COLUMNS: &str = "id, urn, kind, first_seen, last_seen, message_count, \
+                       EXISTS (SELECT 1 FROM device_keys k \
+                               WHERE k.urn_key = devices.urn_key AND k.removed_at IS NULL) \
+                           AS registered";
 
 /// Devices matching `filter` in id order (the order they were first seen).
 pub async fn list(pool: &PgPool, filter: &DeviceFilter) -> Result<Vec<DeviceRow>, sqlx::Error> {
