@@ -26,6 +26,7 @@ use crate::admin::destinations::{self, AddRequest, DestinationInfo, WithSecret};
 use crate::admin::{ApiKey, Scope};
 use crate::error::{AppError, ErrorBody};
 use crate::ingest::verify::destinations::SecretCache;
+use crate::ingest::verify::devices::DeviceKeyCache;
 use crate::secrets::SecretKey;
 use crate::store::api_keys::ApiKeyRow;
 
@@ -35,6 +36,8 @@ use crate::store::api_keys::ApiKeyRow;
 pub struct AdminState {
     pub key: SecretKey,
     pub secrets: Arc<SecretCache>,
+    /// The device-door key cache, reloaded after a registration changes.
+    pub devices: Arc<DeviceKeyCache>,
 }
 
 /// How long the previous secret stays valid after a rotation, unless told otherwise.
@@ -333,6 +336,14 @@ pub(super) fn overlap(text: Option<&str>) -> Result<Duration, AppError> {
 pub(super) fn path_text(name: &'static str, value: String) -> Result<String, AppError> {
     crate::api::params::text(name, Some(value))?
         .ok_or_else(|| AppError::bad_parameter(name, "must not be empty"))
+}
+
+/// Makes a registration change effective in this process now; other processes follow the
+/// notification the change fired. A failed reload is retried by the periodic refresh.
+pub(super) async fn reload_devices(admin: &AdminState) {
+    if let Err(e) = admin.devices.reload().await {
+        tracing::warn!(error = %e, "registration changed but reloading the device keys failed");
+    }
 }
 
 /// Makes a destination change effective in this process now; other processes follow the

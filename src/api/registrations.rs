@@ -16,7 +16,7 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use super::admin::{AdminState, optional_body, overlap, path_text};
+use super::admin::{AdminState, optional_body, overlap, path_text, reload_devices};
 use crate::admin::devices::{self, DeviceWithSecret};
 use crate::admin::{ApiKey, Scope};
 use crate::error::{AppError, ErrorBody};
@@ -72,6 +72,7 @@ pub async fn register(
     key.require(Scope::Admin)?;
     let Json(new) = body?;
     let added = devices::add(&pool, &admin.key, &new.urn, new.secret).await?;
+    reload_devices(&admin).await;
     Ok((StatusCode::CREATED, Json(added)))
 }
 
@@ -100,6 +101,7 @@ pub async fn rotate(
     let rotation: DeviceRotation = optional_body(&body)?;
     let overlap = overlap(rotation.overlap.as_deref())?;
     let rotated = devices::rotate(&pool, &admin.key, &urn, rotation.secret, overlap).await?;
+    reload_devices(&admin).await;
     Ok(Json(rotated))
 }
 
@@ -117,11 +119,13 @@ pub async fn rotate(
 )]
 pub async fn unregister(
     State(pool): State<PgPool>,
+    State(admin): State<AdminState>,
     key: ApiKey,
     Path(urn): Path<String>,
 ) -> Result<StatusCode, AppError> {
     key.require(Scope::Admin)?;
     let urn = path_text("urn", urn)?;
     devices::remove(&pool, &urn).await?;
+    reload_devices(&admin).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,11 +15,11 @@ use anyhow::Context;
 use reqwest::Url;
 
 use crate::config::{DeviceDoor, SendArgs};
+use crate::ingest::doors::device::PENDING_HEADER;
 use crate::ingest::doors::kpn::{PLUG_HEADER, TOKEN_HEADER};
+use crate::ingest::doors::{IP_PATH, M2M_PATH};
 use crate::token::Token;
 
-/// The header a device door sets when more downlinks wait for the device.
-const PENDING_HEADER: &str = "Things-Downlinks-Pending";
 /// The `Host` an M2M device on KPN's private APN sends: it has no DNS.
 const M2M_HOST: &str = "m.m";
 /// Most of an answer kept for printing: a door answers a short reason or one pack.
@@ -28,8 +28,8 @@ const MAX_ANSWER: usize = 1024 * 1024;
 /// The path of a device door, as KPN Things serves it.
 pub fn door_path(door: DeviceDoor) -> &'static str {
     match door {
-        DeviceDoor::M2m => "/ingestion/m2m/senml/v1",
-        DeviceDoor::Ip => "/ingestion/ip/senml/v1",
+        DeviceDoor::M2m => M2M_PATH,
+        DeviceDoor::Ip => IP_PATH,
     }
 }
 
@@ -142,7 +142,7 @@ fn signed_headers(
 fn render(status: u16, pending: Option<&str>, answer: &[u8], door: bool) -> String {
     let mut out = format!("{status}\n");
     if let Some(pending) = pending {
-        out.push_str(&format!("{PENDING_HEADER}: {pending}\n"));
+        out.push_str(&format!("Things-Downlinks-Pending: {pending}\n"));
     }
     if answer.is_empty() {
         return out;

@@ -82,6 +82,7 @@ pub(super) fn build(
         admin: crate::api::admin::AdminState {
             key: key.clone(),
             secrets: senders.destinations.clone(),
+            devices: senders.devices.clone(),
         },
         metrics: crate::metrics::install(),
         downlink_worker: downlink_worker.map(|w| w.health.clone()),
