@@ -61,11 +61,15 @@ pub async fn run(
         let secrets = SecretCache::load(database.pool.clone(), key.clone())
             .await
             .context("cannot load destinations")?;
-        secrets.clone().spawn_refresher(tasks.clone());
         let devices = DeviceKeyCache::load(database.pool.clone(), key.clone())
             .await
             .context("cannot load device registrations")?;
-        devices.clone().spawn_refresher(tasks.clone());
+        crate::ingest::verify::refresher::spawn(
+            database.pool.clone(),
+            secrets.clone(),
+            devices.clone(),
+            tasks.clone(),
+        );
         let senders = state::Senders {
             destinations: secrets.clone(),
             devices,

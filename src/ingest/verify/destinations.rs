@@ -10,21 +10,18 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use sqlx::postgres::PgNotification;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::secrets::SecretKey;
 use crate::store::destinations::{self, DestinationRow};
-use crate::store::listen::{self, Listen, Subscriber};
 use crate::token::{BodyDigest, Token};
 
-const CHANNEL: &str = "things_destinations_changed";
+/// What the `destinations` trigger notifies.
+pub const CHANNEL: &str = "things_destinations_changed";
 
 /// Pending destinations an unknown plug is tried against, at most. Every verification,
 /// known plug or not, costs the finishes of this many candidates, so the number of pending
@@ -35,7 +32,6 @@ pub const MAX_PENDING: usize = 8;
 const FINISHES_PER_CANDIDATE: usize = 2;
 /// Finishes every verification costs, whatever it finds.
 const FINISHES: usize = FINISHES_PER_CANDIDATE * MAX_PENDING;
-const FALLBACK_RELOAD: Duration = Duration::from_secs(60);
 
 /// A destination as the ingest path needs it: secrets opened, headers parsed.
 pub struct Destination {
@@ -283,42 +279,10 @@ impl SecretCache {
         self.current.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Keeps the cache current until `shutdown`: reloads on every notification, after every
-    /// reconnection of the listener, and every minute regardless.
-    pub fn spawn_refresher(self: Arc<Self>, shutdown: CancellationToken) {
-        tokio::spawn(async move {
-            let what = Listen {
-                name: "destinations",
-                channels: &[CHANNEL],
-                idle: Some(FALLBACK_RELOAD),
-            };
-            listen::listen(&self.pool, what, &mut Refresher(&self), &shutdown).await;
-        });
-    }
-
-    fn set_current(&self, current: bool) {
+    /// Set by the refresher (`verify::refresher`) as its listener connects and is lost.
+    pub(super) fn set_current(&self, current: bool) {
         self.current
             .store(current, std::sync::atomic::Ordering::Release);
-    }
-}
-
-/// The cache as the listener drives it.
-struct Refresher<'a>(&'a SecretCache);
-
-impl Subscriber for Refresher<'_> {
-    /// Anything may have changed while we were not listening.
-    async fn resync(&mut self) -> Result<(), sqlx::Error> {
-        self.0.reload().await?;
-        self.0.set_current(true);
-        Ok(())
-    }
-
-    async fn notified(&mut self, _: Option<PgNotification>) -> Result<(), sqlx::Error> {
-        self.0.reload().await
-    }
-
-    fn lost(&mut self) {
-        self.0.set_current(false);
     }
 }
 

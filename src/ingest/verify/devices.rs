@@ -4,27 +4,23 @@
 //! the live registrations in memory, keyed by the normalised URN an uplink's first `bn`
 //! gives, reloads them when PostgreSQL announces a change (`things_device_keys_changed`,
 //! fired by a trigger, so the CLI in another process and other replicas reach us), after
-//! every reconnection of the listener, and every minute regardless.
+//! every reconnection of the listener, and every minute regardless (`verify::refresher`).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use sqlx::postgres::PgNotification;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::secrets::SecretKey;
 use crate::store::device_keys::{self, LiveDeviceKey};
-use crate::store::listen::{self, Listen, Subscriber};
 use crate::token::{BodyDigest, Token};
 
-const CHANNEL: &str = "things_device_keys_changed";
-const FALLBACK_RELOAD: Duration = Duration::from_secs(60);
+/// What the `device_keys` trigger notifies.
+pub const CHANNEL: &str = "things_device_keys_changed";
 /// Stands in for a missing previous secret, so a rotation in progress costs no extra time.
 const DECOY_SECRET: &[u8] = b"things-receiver decoy secret, never valid for any device";
 
@@ -191,35 +187,9 @@ impl DeviceKeyCache {
         self.current.load(Ordering::Acquire)
     }
 
-    /// Keeps the cache current until `shutdown`.
-    pub fn spawn_refresher(self: Arc<Self>, shutdown: CancellationToken) {
-        tokio::spawn(async move {
-            let what = Listen {
-                name: "device keys",
-                channels: &[CHANNEL],
-                idle: Some(FALLBACK_RELOAD),
-            };
-            listen::listen(&self.pool, what, &mut Refresher(&self), &shutdown).await;
-        });
-    }
-}
-
-/// The cache as the listener drives it.
-struct Refresher<'a>(&'a DeviceKeyCache);
-
-impl Subscriber for Refresher<'_> {
-    async fn resync(&mut self) -> Result<(), sqlx::Error> {
-        self.0.reload().await?;
-        self.0.current.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    async fn notified(&mut self, _: Option<PgNotification>) -> Result<(), sqlx::Error> {
-        self.0.reload().await
-    }
-
-    fn lost(&mut self) {
-        self.0.current.store(false, Ordering::Release);
+    /// Set by the refresher (`verify::refresher`) as its listener connects and is lost.
+    pub(super) fn set_current(&self, current: bool) {
+        self.current.store(current, Ordering::Release);
     }
 }
 

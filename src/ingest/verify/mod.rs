@@ -2,9 +2,10 @@
 //! that verifying never touches the database (an unauthenticated request costs a hash and
 //! nothing else, and an unknown sender costs the same as a known one with a wrong token).
 //!
-//! One file per kind of sender, each kept current by the same `store::listen` helper:
+//! One file per kind of sender, both kept current through one listener ([`refresher`]):
 //! [`destinations`] for KPN destinations (plug and shared secret), [`devices`] for devices
 //! registered for the device doors (URN and device secret).
 
 pub mod destinations;
 pub mod devices;
+pub mod refresher;
