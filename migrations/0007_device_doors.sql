@@ -7,12 +7,27 @@ ALTER TABLE messages
     ADD COLUMN door TEXT NOT NULL DEFAULT 'destination' CHECK (door IN ('destination', 'm2m', 'ip')),
     ADD COLUMN device_key_id UUID REFERENCES device_keys (id),
     ALTER COLUMN destination_id DROP NOT NULL,
+    -- NOT VALID, then validated: existing rows are checked without blocking ingestion.
     ADD CONSTRAINT messages_one_sender CHECK (
         (door = 'destination' AND destination_id IS NOT NULL AND device_key_id IS NULL)
-        OR (door <> 'destination' AND destination_id IS NULL AND device_key_id IS NOT NULL));
--- A device's retry carries the same token: store it once, whichever door it used.
-CREATE UNIQUE INDEX messages_device_delivery_key ON messages (device_key_id, token)
+        OR (door <> 'destination' AND destination_id IS NULL AND device_key_id IS NOT NULL))
+        NOT VALID;
+ALTER TABLE messages VALIDATE CONSTRAINT messages_one_sender;
+-- The uplink a retry of a device repeats (the latest with its token).
+CREATE INDEX messages_device_token_idx ON messages (device_key_id, token, id)
     WHERE device_key_id IS NOT NULL;
+
+-- A device's retry carries the same token, whichever door it used, and is stored once. But
+-- a device without `bt` sends the same bytes, so the same token, whenever a reading
+-- repeats: only the same token within the retry window is a retry. One row per
+-- (registration, token), with the time it was last taken as new; old rows are pruned.
+CREATE TABLE device_uplinks (
+    device_key_id  UUID NOT NULL REFERENCES device_keys (id),
+    token          BYTEA NOT NULL,
+    received_at    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (device_key_id, token)
+);
+CREATE INDEX device_uplinks_received_idx ON device_uplinks (received_at);
 
 -- Downlinks travel either through KPN's API (transport 'kpn', sent by the workers) or in the
 -- answer to the device's next uplink (transport 'response': queued -> delivered | expired |

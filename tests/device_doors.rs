@@ -202,6 +202,24 @@ async fn every_answer_code_of_both_doors() {
         let text = response.text().await.unwrap();
         assert!(text.contains(reason), "{want}: {text}");
     }
+    // A body without a declared length is cut off at the limit as it arrives.
+    let mut stream = TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {M2M} HTTP/1.1\r\nHost: m.m\r\nThings-Message-Token: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        token(b"x", DEVICE_SECRET)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..4 {
+        let chunk = format!("200\r\n{}\r\n", " ".repeat(512));
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let answer = read_head(&mut stream, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(message_count(&env).await, 2, "nothing refused was stored");
 
     // A device signs for itself only: another device's record is quarantined, not stored.
@@ -251,20 +269,49 @@ async fn bare_lf_requests_over_a_raw_socket() {
         bytes.extend_from_slice(&body);
         bytes
     };
-    // Two requests on one kept-alive connection.
+    // Two downlinks wait: the answers carry them, as KPN's SDK reads them.
+    let client = client();
+    let key = env.api_key("ops", "downlink");
+    for hex in ["0a", "0b"] {
+        let (status, _) = queue(&client, &server, &key, IMEI, json!({"payload_hex": hex})).await;
+        assert_eq!(status, 202);
+    }
+    // Three requests on one kept-alive connection.
     let mut stream = TcpStream::connect(&addr).await.unwrap();
-    for n in [1, 2] {
+    for (n, want) in [(1, Some(("0a", true))), (2, Some(("0b", false))), (3, None)] {
         stream.write_all(&request(n, false)).await.unwrap();
         let head = read_head(&mut stream, Duration::from_secs(10)).await;
-        assert!(head.starts_with("HTTP/1.1 202"), "{head}");
-        assert!(
-            head.to_ascii_lowercase().contains("content-length: 0"),
-            "{head}"
-        );
+        let lower = head.to_ascii_lowercase();
+        match want {
+            None => {
+                assert!(head.starts_with("HTTP/1.1 202"), "{head}");
+                assert!(lower.contains("content-length: 0"), "{head}");
+            }
+            Some((hex, more)) => {
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                assert!(lower.contains("content-type: application/json"), "{head}");
+                assert_eq!(
+                    lower.contains("things-downlinks-pending: 1"),
+                    more,
+                    "{head}"
+                );
+                let length: usize = lower
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                let mut body = vec![0; length];
+                stream.read_exact(&mut body).await.unwrap();
+                let pack: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(pack, json!([{"bn": IMEI}, {"n": "payloadHex", "vs": hex}]));
+            }
+        }
     }
     // One request per connection, closed by the server after the answer.
     let mut stream = TcpStream::connect(&addr).await.unwrap();
-    stream.write_all(&request(3, true)).await.unwrap();
+    stream.write_all(&request(4, true)).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
         .await
@@ -272,7 +319,7 @@ async fn bare_lf_requests_over_a_raw_socket() {
         .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
-    assert_eq!(message_count(&env).await, 3);
+    assert_eq!(message_count(&env).await, 4);
     drop(server);
 }
 
@@ -580,8 +627,22 @@ async fn a_rotated_secret_is_accepted_during_its_overlap_only() {
             .status(),
         202
     );
+    let key = env.api_key("ops", "downlink");
+    let (_, orphan) = queue(
+        &client,
+        &server,
+        &key,
+        DVNUUID,
+        json!({"payload_hex": "01"}),
+    )
+    .await;
     let before = devices_version(&client, &server).await;
     env.cli_ok(&["devices", "remove", DVNUUID]);
+    let shown = downlink(&client, &server, &key, orphan["id"].as_str().unwrap()).await;
+    assert_eq!(
+        shown["status"], "cancelled",
+        "nothing can carry it any more: {shown}"
+    );
     wait_ready(&client, &server, |j| {
         j["devices"]["version"] != before.as_str()
     })
@@ -648,7 +709,18 @@ async fn device_uplinks_are_spooled_while_the_database_is_down() {
         database_url: url.clone(),
         database_name: "postgres".into(),
     };
-    let (server, base) = start(&env, &["--db-timeout", "1s", "--spool-after", "300ms"]).await;
+    let (server, base) = start(
+        &env,
+        &[
+            "--db-timeout",
+            "1s",
+            "--spool-after",
+            "300ms",
+            "--spool-max",
+            "4KiB",
+        ],
+    )
+    .await;
     let client = client();
     let m2m = format!("{base}{M2M}");
     let key = env.api_key("ops", "downlink");
@@ -657,13 +729,27 @@ async fn device_uplinks_are_spooled_while_the_database_is_down() {
     readyz(&client, &server).await;
 
     pg.stop().await.unwrap();
-    let bodies: Vec<Vec<u8>> = (0..5).map(|n| pack(IMEI, n)).collect();
+    let mut bodies: Vec<Vec<u8>> = (0..5).map(|n| pack(IMEI, n)).collect();
     for body in &bodies {
         let response = uplink(&client, &m2m, DEVICE_SECRET, body).await;
         assert_eq!(response.status(), 202, "spooled");
         assert!(response.bytes().await.unwrap().is_empty());
     }
     assert_eq!(readyz(&client, &server).await["spool"]["deliveries"], 5);
+    // Once the spool is full, nothing is accepted: 503, and the device retries later.
+    let mut refused = false;
+    for n in 100..200 {
+        let body = pack(IMEI, n);
+        let response = uplink(&client, &m2m, DEVICE_SECRET, &body).await;
+        if response.status() == 503 {
+            assert!(response.headers().contains_key("retry-after"));
+            refused = true;
+            break;
+        }
+        assert_eq!(response.status(), 202, "spooled");
+        bodies.push(body);
+    }
+    assert!(refused, "the spool filled up");
 
     let pg = EmbeddedPostgres::start(dir.path(), &options).await.unwrap();
     wait_ready(&client, &server, |j| j["spool"]["deliveries"] == 0).await;
@@ -679,7 +765,7 @@ async fn device_uplinks_are_spooled_while_the_database_is_down() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    assert_eq!(message_count(&env).await, 5);
+    assert_eq!(message_count(&env).await, bodies.len() as i64);
     let shown = downlink(&client, &server, &key, queued["id"].as_str().unwrap()).await;
     assert_eq!(
         shown["status"], "queued",
@@ -744,5 +830,122 @@ async fn kpn_device_packs_are_stored_with_receipt_time_when_bt_is_absent() {
     assert_eq!(
         latest["values"][0]["time"], "2023-11-14T22:13:20Z",
         "{latest}"
+    );
+}
+
+/// A device without `bt` sends the same bytes whenever a reading repeats: the same token is
+/// a retry only within the retry window, after that a new reading.
+#[tokio::test]
+async fn the_same_bytes_after_the_retry_window_are_a_new_reading() {
+    let env = Env::new().await;
+    let (server, base) = start(&env, &[]).await;
+    let client = client();
+    let m2m = format!("{base}{M2M}");
+    let body = format!(r#"[{{"bn":"{IMEI}","n":"door","vs":"closed"}}]"#).into_bytes();
+    assert_eq!(
+        uplink(&client, &m2m, DEVICE_SECRET, &body).await.status(),
+        202
+    );
+    assert_eq!(
+        uplink(&client, &m2m, DEVICE_SECRET, &body).await.status(),
+        202
+    );
+    assert_eq!(message_count(&env).await, 1, "a retry within the window");
+
+    // An hour later (the window is 15 minutes), as the database sees it.
+    let mut db = connect(&env.database_url).await;
+    sqlx::query("UPDATE device_uplinks SET received_at = received_at - interval '1 hour'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let key = env.api_key("ops", "downlink");
+    let (status, _) = queue(&client, &server, &key, IMEI, json!({"payload_hex": "01"})).await;
+    assert_eq!(status, 202);
+    let response = uplink(&client, &m2m, DEVICE_SECRET, &body).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "a new reading, answered with the new downlink"
+    );
+    assert_eq!(message_count(&env).await, 2);
+    // Its own retry now gets that downlink again.
+    let response = uplink(&client, &m2m, DEVICE_SECRET, &body).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!([{"bn": IMEI}, {"n": "payloadHex", "vs": "01"}])
+    );
+    assert_eq!(message_count(&env).await, 2);
+}
+
+#[tokio::test]
+async fn concurrent_uplinks_of_one_device_take_different_downlinks() {
+    let env = Env::new().await;
+    let (server, base) = start(&env, &[]).await;
+    let client = client();
+    let m2m = format!("{base}{M2M}");
+    let key = env.api_key("ops", "downlink");
+    for hex in ["01", "02", "03", "04"] {
+        let (status, _) = queue(&client, &server, &key, IMEI, json!({"payload_hex": hex})).await;
+        assert_eq!(status, 202);
+    }
+    let sends = (0..4).map(|n| {
+        let (client, url) = (client.clone(), m2m.clone());
+        async move {
+            let response = uplink(&client, &url, DEVICE_SECRET, &pack(IMEI, n)).await;
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()[1]["vs"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    });
+    let mut carried = futures_util::future::join_all(sends).await;
+    carried.sort();
+    assert_eq!(carried, ["01", "02", "03", "04"], "each downlink once");
+}
+
+/// An uplink whose commit outlasts `--spool-after` is answered from the spool, without a
+/// downlink. When that commit lands after all, the downlink it marked delivered goes back to
+/// the queue and rides on the next answer.
+#[tokio::test]
+async fn a_downlink_taken_by_a_commit_that_outlasted_the_answer_is_queued_again() {
+    let env = Env::new().await;
+    let (server, base) = start(&env, &["--spool-after", "300ms"]).await;
+    let client = client();
+    let m2m = format!("{base}{M2M}");
+    let key = env.api_key("ops", "downlink");
+    let (_, queued) = queue(&client, &server, &key, IMEI, json!({"payload_hex": "5a"})).await;
+    let id = queued["id"].as_str().unwrap().to_owned();
+
+    // Hold the writer up inside its transaction, past --spool-after.
+    let mut blocker = connect(&env.database_url).await;
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE device_uplinks IN EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let response = uplink(&client, &m2m, DEVICE_SECRET, &pack(IMEI, 1)).await;
+    assert_eq!(response.status(), 202, "spooled");
+    assert!(response.bytes().await.unwrap().is_empty());
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+
+    // The late commit stores the uplink; the replay finds it and queues the downlink again.
+    wait_ready(&client, &server, |j| j["spool"]["deliveries"] == 0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = downlink(&client, &server, &key, &id).await;
+        if shown["status"] == "queued" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never queued again: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(message_count(&env).await, 1, "stored once");
+    let response = uplink(&client, &m2m, DEVICE_SECRET, &pack(IMEI, 2)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!([{"bn": IMEI}, {"n": "payloadHex", "vs": "5a"}])
     );
 }

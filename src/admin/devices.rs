@@ -193,11 +193,17 @@ pub async fn rotate(
     })
 }
 
-/// Ends a registration; the device's stored data stays, and it can be registered again.
+/// Ends a registration and cancels its queued downlinks; the device's stored data stays, and
+/// it can be registered again.
 pub async fn remove(pool: &PgPool, urn: &str) -> Result<DeviceKeyInfo, AdminError> {
     let row = find(pool, urn).await?;
     if !device_keys::remove(pool, row.id).await? {
         return Err(not_registered(urn));
+    }
+    // Nothing can carry them any more; a new registration of the URN starts afresh.
+    let cancelled = crate::store::downlinks::cancel_for_registration(pool, row.id).await?;
+    if cancelled > 0 {
+        tracing::info!(device = %row.urn, cancelled, "cancelled the queued downlinks of a removed registration");
     }
     Ok(row.into())
 }

@@ -144,7 +144,7 @@ pub async fn queue(
     if let Some(key) = idempotency_key {
         check_idempotency_key(key)?;
     }
-    let hash = request_hash(urn_key, checked);
+    let hash = request_hash(urn_key, checked, &target);
     let id = Uuid::new_v4();
     let transport = match target {
         Target::Kpn { .. } => "kpn",
@@ -199,12 +199,17 @@ fn check_idempotency_key(key: &str) -> Result<(), OutboxError> {
 }
 
 /// Identifies what was asked, to tell a retry from a reuse of the key for something else.
-fn request_hash(urn_key: &str, checked: &Checked) -> Vec<u8> {
+fn request_hash(urn_key: &str, checked: &Checked, target: &Target) -> Vec<u8> {
     let mut hash = Sha256::new();
     hash.update(urn_key.as_bytes());
     hash.update([0]);
     hash.update(checked.port.unwrap_or(0).to_be_bytes());
     hash.update(checked.body.as_bytes());
+    // The ttl is part of what was asked (KPN downlinks keep their hash as before).
+    if let Target::Response { ttl, .. } = target {
+        hash.update([0]);
+        hash.update(ttl.as_millis().to_be_bytes());
+    }
     hash.finalize().to_vec()
 }
 

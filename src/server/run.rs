@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::hardening::{ConnectionLimits, GuardAcceptor};
 use crate::ingest::verify::destinations::SecretCache;
 use crate::ingest::verify::devices::DeviceKeyCache;
-use crate::store::{answer_downlinks, key_check, partitions};
+use crate::store::{answer_downlinks, device_uplinks, key_check, partitions};
 use crate::tls;
 use crate::web::router;
 
@@ -208,7 +208,8 @@ pub async fn run(
 }
 
 /// Every minute: downlinks for registered devices whose ttl passed become `expired` (an
-/// uplink expires its own device's too, so this is for devices that stopped posting).
+/// uplink expires its own device's too, so this is for devices that stopped posting), and
+/// device uplink tokens far past the retry window are forgotten.
 fn spawn_downlink_expiry(pool: sqlx::PgPool, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -220,6 +221,9 @@ fn spawn_downlink_expiry(pool: sqlx::PgPool, shutdown: CancellationToken) {
             }
             if let Err(e) = answer_downlinks::expire_overdue(&pool).await {
                 tracing::warn!(error = %e, "cannot expire overdue downlinks");
+            }
+            if let Err(e) = device_uplinks::prune(&pool).await {
+                tracing::warn!(error = %e, "cannot prune old device uplink tokens");
             }
         }
     });

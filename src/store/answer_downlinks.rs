@@ -127,11 +127,15 @@ async fn deliver_expire_count(
         "WITH wanted AS ( \
              SELECT k, m, row_number() OVER (PARTITION BY k ORDER BY o) AS rank \
              FROM UNNEST($2::uuid[], $3::int8[]) WITH ORDINALITY AS u(k, m, o)), \
+         wanted_per_key AS (SELECT k, count(*) AS n FROM wanted GROUP BY k), \
          candidates AS ( \
-             SELECT id, device_key_id, seq FROM downlinks \
-             WHERE device_key_id = ANY($2) AND transport = 'response' AND status = 'queued' \
-               AND expires_at > now() \
-             FOR UPDATE SKIP LOCKED), \
+             SELECT c.id, c.device_key_id, c.seq FROM wanted_per_key w \
+             CROSS JOIN LATERAL ( \
+                 SELECT id, device_key_id, seq FROM downlinks \
+                 WHERE device_key_id = w.k AND transport = 'response' AND status = 'queued' \
+                   AND expires_at > now() \
+                 ORDER BY seq LIMIT w.n \
+                 FOR UPDATE SKIP LOCKED) c), \
          ranked AS ( \
              SELECT id, device_key_id AS k, \
                     row_number() OVER (PARTITION BY device_key_id ORDER BY seq) AS rank \
@@ -192,7 +196,8 @@ async fn deliver_expire_count(
     Ok(round)
 }
 
-/// The downlink each retried uplink's first delivery carried, by the retry's position
+/// The downlink each retried uplink's first delivery (the latest uplink with its token)
+/// carried, by the retry's position
 /// (1-based) in `keys`/`tokens`.
 async fn delivered_before(
     tx: &mut PgConnection,
@@ -202,7 +207,9 @@ async fn delivered_before(
     let rows: Vec<(i64, Uuid, String)> = sqlx::query_as(
         "SELECT u.o, dl.id, dl.body \
          FROM UNNEST($1::uuid[], $2::bytea[]) WITH ORDINALITY AS u(k, t, o) \
-         JOIN messages m ON m.device_key_id = u.k AND m.token = u.t \
+         CROSS JOIN LATERAL (SELECT id FROM messages \
+                             WHERE device_key_id = u.k AND token = u.t \
+                             ORDER BY id DESC LIMIT 1) m \
          JOIN downlinks dl ON dl.message_id = m.id AND dl.status = 'delivered'",
     )
     .bind(keys)

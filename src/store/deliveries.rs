@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::senml::{Measurement, Value, device_key, device_kind};
 use crate::token::Token;
 
-use super::{answer_downlinks, stored_text};
+use super::{answer_downlinks, device_uplinks, stored_text};
 
 /// Who signed a delivery, which is also what tells a retry from a new delivery: the same
 /// sender and the same token.
@@ -188,6 +188,9 @@ pub async fn store_batch(
             unique.push(i);
         }
     }
+
+    // A device's token repeated outside the retry window is a new reading, not a retry.
+    let unique = device_uplinks::keep_new(&mut tx, batch, unique).await?;
 
     // Devices first, so each message row is written once with its device.
     let seen = batch

@@ -77,6 +77,9 @@ pub async fn insert(
     pool: &PgPool,
     row: &NewRow<'_>,
 ) -> Result<Result<(), (Uuid, Vec<u8>)>, sqlx::Error> {
+    // A `response` row is never due for a KPN worker: not even for one of an older version
+    // that does not know transports, during a rolling upgrade. (The last day of year 9999
+    // rather than 'infinity', which chrono cannot hold and sqlx would panic decoding.)
     let (transport, device_id, device_key_id, ttl) = match row.target {
         Target::Kpn { device_id } => ("kpn", Some(device_id), None, None),
         Target::Response { device_key_id, ttl } => (
@@ -88,8 +91,9 @@ pub async fn insert(
     };
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO downlinks (id, device_id, port, payload_hex, body, idempotency_key, request_hash, \
-                                transport, device_key_id, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10)) \
+                                transport, device_key_id, expires_at, next_attempt_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10), \
+                 CASE WHEN $8 = 'kpn' THEN now() ELSE TIMESTAMPTZ '9999-12-31 00:00:00+00' END) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
     )
     .bind(row.id)
@@ -147,11 +151,11 @@ pub async fn list(pool: &PgPool, filter: &ListFilter<'_>) -> Result<Vec<Downlink
     .await
 }
 
-/// Cancels a queued row; `false` if it is not (or no longer) queued.
+/// Cancels a queued row; `false` if it is not (or no longer) queued, or its ttl has passed.
 pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE downlinks SET status = 'cancelled', updated_at = now(), finished_at = now() \
-         WHERE id = $1 AND status = 'queued'",
+         WHERE id = $1 AND status = 'queued' AND (transport = 'kpn' OR expires_at > now())",
     )
     .bind(id)
     .execute(pool)
@@ -275,4 +279,45 @@ pub async fn reschedule(
     .execute(pool)
     .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// Cancels every queued `response` downlink of a registration (it was removed: nothing can
+/// carry them any more). Returns how many.
+pub async fn cancel_for_registration<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    device_key_id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE downlinks SET status = 'cancelled', last_error = 'the device registration was removed', \
+             updated_at = now(), finished_at = now() \
+         WHERE device_key_id = $1 AND transport = 'response' AND status = 'queued'",
+    )
+    .bind(device_key_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A spooled uplink's answer carried no downlink. If its first attempt's commit landed after
+/// all (the answer gave up waiting, or the connection broke during COMMIT), a downlink marked
+/// delivered on that message never reached the device: queue it again.
+pub async fn requeue_unanswered<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    device_key_id: Uuid,
+    token: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE downlinks SET status = 'queued', message_id = NULL, finished_at = NULL, \
+             updated_at = now() \
+         WHERE status = 'delivered' AND message_id IN ( \
+             SELECT id FROM messages \
+             WHERE device_key_id = $1 AND token = $2 AND received_at = $3)",
+    )
+    .bind(device_key_id)
+    .bind(token)
+    .bind(received_at)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
 }

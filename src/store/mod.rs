@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod deliveries;
 pub mod destinations;
 pub mod device_keys;
+pub mod device_uplinks;
 pub mod devices;
 pub mod downlinks;
 pub mod embedded;

@@ -14,10 +14,11 @@ use crate::token::Token;
 
 const MAGIC: u32 = 0x5452_5350; // "TRSP"
 pub(super) const HEADER_LEN: usize = 12;
-/// Version 1 knew only destination deliveries; version 2 names the sender. Both are read, so
-/// a spool written before an upgrade replays after it.
+/// Version 1 holds a destination delivery (and is still what one is written as, so that a
+/// spool replays after a rollback too); version 2 a device uplink, naming its sender.
 const FORMAT_VERSION: u8 = 2;
 const DESTINATION_ONLY: u8 = 1;
+/// Sender kinds of format 2 (0, a destination, is only ever read).
 const SENDER_DESTINATION: u8 = 0;
 const SENDER_M2M: u8 = 1;
 const SENDER_IP: u8 = 2;
@@ -83,10 +84,10 @@ pub(super) fn frame(payload: &[u8]) -> Vec<u8> {
 pub(super) fn encode(d: &RawDelivery) -> Vec<u8> {
     let headers = serde_json::to_vec(&d.headers).unwrap_or_else(|_| b"{}".to_vec());
     let mut out = Vec::with_capacity(96 + headers.len() + d.body.len());
-    out.push(FORMAT_VERSION);
     match &d.sender {
+        // Byte for byte as before: a spool written now still replays after a rollback.
         Sender::Destination { id, bind_plug } => {
-            out.push(SENDER_DESTINATION);
+            out.push(DESTINATION_ONLY);
             out.extend_from_slice(id.as_bytes());
             match bind_plug {
                 Some(plug) => {
@@ -101,6 +102,7 @@ pub(super) fn encode(d: &RawDelivery) -> Vec<u8> {
             urn_key,
             door,
         } => {
+            out.push(FORMAT_VERSION);
             out.push(match door {
                 DeviceDoor::M2m => SENDER_M2M,
                 DeviceDoor::Ip => SENDER_IP,

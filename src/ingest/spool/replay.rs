@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use super::Spool;
 use super::record::{encode, frame, read_segment};
 use super::segment::{quarantine_record, segments};
-use crate::ingest::delivery::{Delivery, RawDelivery};
+use crate::ingest::delivery::{Delivery, RawDelivery, Sender, StoreOutcome};
 use crate::ingest::writer::{WriteError, Writer};
+use crate::store::downlinks;
 
 /// Records replayed per round trip through the writer.
 const REPLAY_CHUNK: usize = 256;
@@ -60,7 +61,7 @@ impl Spool {
             }
             let records = read_segment(&path).map_err(|e| WriteError::Unavailable(e.into()))?;
             for (n, chunk) in records.chunks(REPLAY_CHUNK).enumerate() {
-                let submits = chunk.iter().map(|raw| replay_one(writer, raw));
+                let submits = chunk.iter().map(|raw| replay_one(writer, pool, raw));
                 let results = futures_util::future::join_all(submits).await;
                 for (i, (raw, result)) in chunk.iter().zip(results).enumerate() {
                     if result.is_err() {
@@ -89,11 +90,25 @@ impl Spool {
     }
 }
 
-async fn replay_one(writer: &Writer, raw: &RawDelivery) -> Result<(), WriteError> {
-    writer
-        .submit(Delivery::resolve(raw.clone()))
-        .await
-        .map(|_| ())
+async fn replay_one(
+    writer: &Writer,
+    pool: &sqlx::PgPool,
+    raw: &RawDelivery,
+) -> Result<(), WriteError> {
+    let receipt = writer.submit(Delivery::resolve(raw.clone())).await?;
+    // A spooled device uplink was answered without a downlink. Found stored already, its
+    // first attempt's commit landed after the answer gave up on it, and may have marked a
+    // downlink delivered that never left: it goes back to the queue.
+    if let (StoreOutcome::Duplicate, Sender::Device { key_id, .. }) = (receipt.outcome, &raw.sender)
+    {
+        let requeued = downlinks::requeue_unanswered(pool, *key_id, &raw.token.0, raw.received_at)
+            .await
+            .map_err(WriteError::Unavailable)?;
+        if requeued > 0 {
+            tracing::warn!(sender = %raw.sender, requeued, "a spooled uplink's late commit had taken a downlink its answer never carried; queued it again");
+        }
+    }
+    Ok(())
 }
 
 impl Spool {
@@ -110,7 +125,7 @@ impl Spool {
         raw: &RawDelivery,
         at: (u64, usize),
     ) -> Result<(), WriteError> {
-        let error = match replay_one(writer, raw).await {
+        let error = match replay_one(writer, pool, raw).await {
             Ok(()) => return Ok(()),
             Err(e @ (WriteError::Overloaded | WriteError::Closed)) => return Err(e),
             Err(e) => e,
@@ -120,7 +135,7 @@ impl Spool {
         }
         // Once more now that the database is known to answer, so that a connection lost
         // during the retry cannot send a good delivery to the quarantine.
-        let error = match replay_one(writer, raw).await {
+        let error = match replay_one(writer, pool, raw).await {
             Ok(()) => return Ok(()),
             Err(e @ (WriteError::Overloaded | WriteError::Closed)) => return Err(e),
             Err(_) => error,

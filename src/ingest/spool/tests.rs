@@ -265,9 +265,10 @@ async fn spool_files_are_private() {
 }
 
 /// A spool written by a version that knew only destination deliveries (format 1) still
-/// replays after an upgrade.
+/// replays after an upgrade, and destination deliveries are still written in it, so that
+/// a spool replays after a rollback too.
 #[test]
-fn a_record_of_the_first_format_still_reads() {
+fn a_record_of_the_first_format_still_reads_and_is_still_written() {
     let id = Uuid::new_v4();
     let plug = Uuid::new_v4();
     let headers = br#"{"a":"b"}"#;
@@ -298,4 +299,9 @@ fn a_record_of_the_first_format_still_reads() {
     assert_eq!(read[0].token, Token([5; 32]));
     assert_eq!(&read[0].body[..], &body[..]);
     assert_eq!(read[0].headers.get("a").map(String::as_str), Some("b"));
+    assert_eq!(
+        encode(&read[0]),
+        payload,
+        "written byte for byte as format 1"
+    );
 }
