@@ -548,14 +548,6 @@ async fn a_downlink_past_its_ttl_expires_and_is_never_sent() {
     assert!(shown.get("message_id").is_none(), "{shown}");
 }
 
-/// The version of the device-key cache the server reports.
-async fn devices_version(client: &reqwest::Client, server: &Server) -> String {
-    readyz(client, server).await["devices"]["version"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn a_rotated_secret_is_accepted_during_its_overlap_only() {
     let env = Env::new().await;
@@ -564,19 +556,20 @@ async fn a_rotated_secret_is_accepted_during_its_overlap_only() {
     let m2m = format!("{base}{M2M}");
     const NEW: &str = "Rotated-Device-Secret-0123456789abcdef";
 
-    let before = devices_version(&client, &server).await;
-    env.cli_ok(&[
-        "devices",
-        "rotate",
-        IMEI,
-        "--secret",
-        NEW,
-        "--overlap",
-        "1h",
-    ]);
-    wait_ready(&client, &server, |j| {
-        j["devices"]["version"] != before.as_str()
-    })
+    change_devices(
+        &env,
+        &client,
+        &server,
+        &[
+            "devices",
+            "rotate",
+            IMEI,
+            "--secret",
+            NEW,
+            "--overlap",
+            "1h",
+        ],
+    )
     .await;
     assert_eq!(
         uplink(&client, &m2m, NEW, &pack(IMEI, 1)).await.status(),
@@ -589,19 +582,20 @@ async fn a_rotated_secret_is_accepted_during_its_overlap_only() {
         202
     );
 
-    let before = devices_version(&client, &server).await;
-    env.cli_ok(&[
-        "devices",
-        "rotate",
-        IMEI,
-        "--secret",
-        DEVICE_SECRET,
-        "--overlap",
-        "0s",
-    ]);
-    wait_ready(&client, &server, |j| {
-        j["devices"]["version"] != before.as_str()
-    })
+    change_devices(
+        &env,
+        &client,
+        &server,
+        &[
+            "devices",
+            "rotate",
+            IMEI,
+            "--secret",
+            DEVICE_SECRET,
+            "--overlap",
+            "0s",
+        ],
+    )
     .await;
     assert_eq!(
         uplink(&client, &m2m, NEW, &pack(IMEI, 3)).await.status(),
@@ -615,11 +609,12 @@ async fn a_rotated_secret_is_accepted_during_its_overlap_only() {
     );
 
     // A registration made while the server runs reaches it; a removed one is refused.
-    let before = devices_version(&client, &server).await;
-    env.cli_ok(&["devices", "add", DVNUUID, "--secret", NEW]);
-    wait_ready(&client, &server, |j| {
-        j["devices"]["version"] != before.as_str()
-    })
+    change_devices(
+        &env,
+        &client,
+        &server,
+        &["devices", "add", DVNUUID, "--secret", NEW],
+    )
     .await;
     assert_eq!(
         uplink(&client, &server.url(IP), NEW, &pack(DVNUUID, 5))
@@ -636,17 +631,12 @@ async fn a_rotated_secret_is_accepted_during_its_overlap_only() {
         json!({"payload_hex": "01"}),
     )
     .await;
-    let before = devices_version(&client, &server).await;
-    env.cli_ok(&["devices", "remove", DVNUUID]);
+    change_devices(&env, &client, &server, &["devices", "remove", DVNUUID]).await;
     let shown = downlink(&client, &server, &key, orphan["id"].as_str().unwrap()).await;
     assert_eq!(
         shown["status"], "cancelled",
         "nothing can carry it any more: {shown}"
     );
-    wait_ready(&client, &server, |j| {
-        j["devices"]["version"] != before.as_str()
-    })
-    .await;
     assert_eq!(
         uplink(&client, &server.url(IP), NEW, &pack(DVNUUID, 6))
             .await
@@ -692,23 +682,8 @@ async fn a_queued_downlink_survives_a_restart() {
 /// and stored once after the replay; the downlink then rides on the next answer.
 #[tokio::test]
 async fn device_uplinks_are_spooled_while_the_database_is_down() {
-    let dir = tempfile::Builder::new()
-        .prefix("things-device-pg")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let (dir, pg, env) = own_cluster("things-device-pg", false).await;
     let options = EmbeddedOptions { durable: false };
-    let pg = EmbeddedPostgres::start(dir.path(), &options).await.unwrap();
-    let url = format!(
-        "postgres://{}@localhost:{}/postgres?host={}",
-        pg.user(),
-        pg.port(),
-        pg.socket_dir().display()
-    );
-    let env = Env {
-        data_dir: tempfile::tempdir().unwrap(),
-        database_url: url.clone(),
-        database_name: "postgres".into(),
-    };
     let (server, base) = start(
         &env,
         &[

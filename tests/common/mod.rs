@@ -497,13 +497,63 @@ pub async fn change_destinations(
     server: &Server,
     args: &[&str],
 ) -> String {
-    let before = destinations_version(client, server).await;
+    change_cache(env, client, server, "destinations", args).await
+}
+
+/// The same for device registrations (`devices ...`).
+pub async fn change_devices(
+    env: &Env,
+    client: &reqwest::Client,
+    server: &Server,
+    args: &[&str],
+) -> String {
+    change_cache(env, client, server, "devices", args).await
+}
+
+/// Runs a CLI command and waits until the `/readyz` version of `cache` changes.
+async fn change_cache(
+    env: &Env,
+    client: &reqwest::Client,
+    server: &Server,
+    cache: &str,
+    args: &[&str],
+) -> String {
+    let version = |j: &serde_json::Value| j[cache]["version"].as_str().unwrap_or("").to_owned();
+    let before = version(&readyz(client, server).await);
     let out = env.cli_ok(args);
-    wait_ready(client, server, |j| {
-        j["destinations"]["version"] != before.as_str()
-    })
-    .await;
+    wait_ready(client, server, |j| version(j) != before).await;
     out
+}
+
+/// A PostgreSQL cluster of the test's own, so that it can be stopped and started again,
+/// and an [`Env`] on its `postgres` database. Keep the directory as long as the cluster.
+pub async fn own_cluster(
+    prefix: &str,
+    durable: bool,
+) -> (
+    tempfile::TempDir,
+    things_receiver::store::embedded::EmbeddedPostgres,
+    Env,
+) {
+    use things_receiver::store::embedded::{EmbeddedOptions, EmbeddedPostgres};
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap();
+    let pg = EmbeddedPostgres::start(dir.path(), &EmbeddedOptions { durable })
+        .await
+        .unwrap();
+    let env = Env {
+        data_dir: tempfile::tempdir().unwrap(),
+        database_url: format!(
+            "postgres://{}@localhost:{}/postgres?host={}",
+            pg.user(),
+            pg.port(),
+            pg.socket_dir().display()
+        ),
+        database_name: "postgres".into(),
+    };
+    (dir, pg, env)
 }
 
 /// The bytes of a fixture pack, exactly as KPN would send it.

@@ -140,17 +140,19 @@ impl DeviceKeyCache {
     }
 
     fn open(&self, row: LiveDeviceKey) -> Option<DeviceKey> {
-        let context = row.id.as_bytes();
-        let current = match self.key.open(&row.secret_sealed, context) {
-            Ok(secret) => secret,
+        let opened = super::open_secrets(
+            &self.key,
+            row.id,
+            &row.secret_sealed,
+            row.previous_sealed.as_deref(),
+            row.previous_expires_at,
+        );
+        let (current, previous) = match opened {
+            Ok(secrets) => secrets,
             Err(e) => {
                 tracing::error!(device = %row.urn_key, error = %e, "skipping device registration");
                 return None;
             }
-        };
-        let previous = match (&row.previous_sealed, row.previous_expires_at) {
-            (Some(sealed), Some(until)) => self.key.open(sealed, context).ok().map(|s| (s, until)),
-            _ => None,
         };
         Some(DeviceKey {
             id: row.id,
