@@ -21,9 +21,11 @@ async fn seed(env: &Env, server: &Server, plug: uuid::Uuid) {
     assert_eq!(response.status(), 200);
     let mut db = connect(&env.database_url).await;
     sqlx::query(
-        "INSERT INTO measurements (device_id, time, name, value, message_id) \
-         SELECT d.id, TIMESTAMPTZ '2024-01-01' + g * INTERVAL '1 second', 'level', g, m.id \
-         FROM devices d, messages m, generate_series(1, $1) g",
+        "WITH s AS (INSERT INTO series (device_id, name) SELECT id, 'level' FROM devices \
+                    RETURNING id) \
+         INSERT INTO measurements (series_id, time, value, message_id) \
+         SELECT s.id, TIMESTAMPTZ '2024-01-01' + g * INTERVAL '1 second', g, m.id \
+         FROM s, messages m, generate_series(1, $1) g",
     )
     .bind(ROWS)
     .execute(&mut db)

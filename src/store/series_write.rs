@@ -1,0 +1,287 @@
+//! Writing a batch's measurements: their series, the measurement rows and the latest values,
+//! inside the batch's transaction (`deliveries::store_batch`).
+//!
+//! A measurement row refers to its series and its message without a foreign key: both are
+//! written or found in this same transaction before the rows that point at them, so the
+//! references hold by construction and no per-row trigger has to look them up again.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use crate::senml::{Measurement, Value, device_key};
+
+use super::stored_text;
+
+/// A series: device id, name and unit, as a record gives them.
+type SeriesKey<'a> = (i64, &'a str, Option<&'a str>);
+
+/// Stores the measurements of newly stored messages (`(message id, records)`), whose devices
+/// `device_ids` holds by normalised key: resolves their series, inserts the rows and keeps
+/// `latest_values` at the newest record per (device, name), in two statements.
+pub async fn write(
+    tx: &mut PgConnection,
+    messages: &[(i64, &[Measurement])],
+    device_ids: &HashMap<String, i64>,
+) -> Result<(), sqlx::Error> {
+    let total: usize = messages.iter().map(|(_, r)| r.len()).sum();
+    // Every record's device once, then every record's series once.
+    let mut devices: Vec<i64> = Vec::with_capacity(total);
+    let mut keys: BTreeMap<SeriesKey<'_>, i32> = BTreeMap::new();
+    for (_, records) in messages {
+        for record in *records {
+            let device = device_ids
+                .get(&device_key(&record.device))
+                .copied()
+                .ok_or(sqlx::Error::RowNotFound)?;
+            devices.push(device);
+            keys.insert((device, &record.name, record.unit.as_deref()), 0);
+        }
+    }
+    let ids = resolve(tx, &keys).await?;
+    for (slot, id) in keys.values_mut().zip(&ids) {
+        *slot = *id;
+    }
+
+    let mut rows = Rows::with_capacity(total);
+    let mut newest: BTreeMap<(i64, &str), (&Measurement, i64)> = BTreeMap::new();
+    let mut device = devices.iter();
+    for (message_id, records) in messages {
+        for record in *records {
+            let device_id = *device.next().ok_or(sqlx::Error::RowNotFound)?;
+            let series = keys[&(device_id, record.name.as_str(), record.unit.as_deref())];
+            rows.push(series, record, *message_id);
+            // One statement may not touch a row twice: the newest record per key only.
+            newest
+                .entry((device_id, record.name.as_str()))
+                .and_modify(|(m, id)| {
+                    if record.time >= m.time {
+                        *m = record;
+                        *id = *message_id;
+                    }
+                })
+                .or_insert((record, *message_id));
+        }
+    }
+    rows.insert(tx).await?;
+    // Sorted by key, for a stable lock order between concurrent batches.
+    let mut latest = Latest::with_capacity(newest.len());
+    for ((device_id, _), (record, message_id)) in &newest {
+        latest.push(*device_id, record, *message_id);
+    }
+    latest.upsert(tx).await
+}
+
+/// The id of every series in `keys` (in key order), inserting those not seen before.
+///
+/// Reads first: in the steady state every series exists and this is one index probe each.
+/// New ones are inserted in key order (so concurrent batches lock them in one order) with `DO
+/// NOTHING`; one a concurrent batch committed meanwhile is invisible to that statement's
+/// snapshot and is read again by a fresh one.
+async fn resolve(
+    tx: &mut PgConnection,
+    keys: &BTreeMap<SeriesKey<'_>, i32>,
+) -> Result<Vec<i32>, sqlx::Error> {
+    let mut ids: Vec<Option<i32>> = vec![None; keys.len()];
+    let all: Vec<usize> = (0..keys.len()).collect();
+    let list: Vec<&SeriesKey<'_>> = keys.keys().collect();
+    lookup(tx, &list, &all, &mut ids, LOOKUP).await?;
+    for statement in [INSERT, LOOKUP] {
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| ids[i].is_none()).collect();
+        if missing.is_empty() {
+            break;
+        }
+        lookup(tx, &list, &missing, &mut ids, statement).await?;
+    }
+    ids.into_iter()
+        .map(|id| id.ok_or(sqlx::Error::RowNotFound))
+        .collect()
+}
+
+/// The series at `which` of `list`, by ordinality (1-based) in the arrays bound.
+const LOOKUP: &str = "SELECT k.i, s.id \
+     FROM UNNEST($1::int8[], $2::text[], $3::text[]) WITH ORDINALITY AS k(d, n, u, i) \
+     JOIN series s ON s.device_id = k.d AND s.name = k.n AND s.unit IS NOT DISTINCT FROM k.u";
+
+const INSERT: &str = "WITH k AS (SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[]) \
+                         WITH ORDINALITY AS k(d, n, u, i)), \
+     new AS (INSERT INTO series (device_id, name, unit) SELECT d, n, u FROM k ORDER BY i \
+             ON CONFLICT ON CONSTRAINT series_key DO NOTHING \
+             RETURNING id, device_id, name, unit) \
+     SELECT k.i, new.id FROM new \
+     JOIN k ON new.device_id = k.d AND new.name = k.n AND new.unit IS NOT DISTINCT FROM k.u";
+
+async fn lookup(
+    tx: &mut PgConnection,
+    list: &[&SeriesKey<'_>],
+    which: &[usize],
+    ids: &mut [Option<i32>],
+    statement: &'static str,
+) -> Result<(), sqlx::Error> {
+    let devices: Vec<i64> = which.iter().map(|&i| list[i].0).collect();
+    let names: Vec<&str> = which.iter().map(|&i| list[i].1).collect();
+    let units: Vec<Option<&str>> = which.iter().map(|&i| list[i].2).collect();
+    let rows: Vec<(i64, i32)> = sqlx::query_as(statement)
+        .bind(&devices)
+        .bind(&names)
+        .bind(&units)
+        .fetch_all(&mut *tx)
+        .await?;
+    for (ordinal, id) in rows {
+        let slot = usize::try_from(ordinal - 1)
+            .ok()
+            .and_then(|k| which.get(k))
+            .ok_or(sqlx::Error::RowNotFound)?;
+        ids[*slot] = Some(id);
+    }
+    Ok(())
+}
+
+/// The value columns of measurement-shaped rows, as UNNEST arrays.
+struct Values<'a> {
+    time: Vec<DateTime<Utc>>,
+    value: Vec<Option<f64>>,
+    string_value: Vec<Option<Cow<'a, str>>>,
+    string_escaped: Vec<Option<bool>>,
+    bool_value: Vec<Option<bool>>,
+    data_value: Vec<Option<&'a [u8]>>,
+    sum: Vec<Option<f64>>,
+    message_id: Vec<i64>,
+}
+
+impl<'a> Values<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Values {
+            time: Vec::with_capacity(n),
+            value: Vec::with_capacity(n),
+            string_value: Vec::with_capacity(n),
+            string_escaped: Vec::with_capacity(n),
+            bool_value: Vec::with_capacity(n),
+            data_value: Vec::with_capacity(n),
+            sum: Vec::with_capacity(n),
+            message_id: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, m: &'a Measurement, message_id: i64) {
+        self.time.push(m.time);
+        let (mut v, mut s, mut e, mut b, mut d) = (None, None, None, None, None);
+        match &m.value {
+            Some(Value::Number(x)) => v = Some(*x),
+            Some(Value::String(x)) => {
+                let (text, escaped) = stored_text::to_storage(x);
+                (s, e) = (Some(text), escaped);
+            }
+            Some(Value::Bool(x)) => b = Some(*x),
+            Some(Value::Data(x)) => d = Some(x.as_slice()),
+            None => {}
+        }
+        self.value.push(v);
+        self.string_value.push(s);
+        self.string_escaped.push(e);
+        self.bool_value.push(b);
+        self.data_value.push(d);
+        self.sum.push(m.sum);
+        self.message_id.push(message_id);
+    }
+}
+
+struct Rows<'a> {
+    series_id: Vec<i32>,
+    values: Values<'a>,
+}
+
+impl<'a> Rows<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Rows {
+            series_id: Vec::with_capacity(n),
+            values: Values::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, series_id: i32, m: &'a Measurement, message_id: i64) {
+        self.series_id.push(series_id);
+        self.values.push(m, message_id);
+    }
+
+    async fn insert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let v = &self.values;
+        sqlx::query(
+            "INSERT INTO measurements (series_id, time, value, string_value, string_escaped, \
+                                       bool_value, data_value, sum, message_id) \
+             SELECT * FROM UNNEST($1::int4[], $2::timestamptz[], $3::float8[], $4::text[], \
+                                  $5::bool[], $6::bool[], $7::bytea[], $8::float8[], $9::int8[])",
+        )
+        .bind(&self.series_id)
+        .bind(&v.time)
+        .bind(&v.value)
+        .bind(&v.string_value)
+        .bind(&v.string_escaped)
+        .bind(&v.bool_value)
+        .bind(&v.data_value)
+        .bind(&v.sum)
+        .bind(&v.message_id)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+}
+
+struct Latest<'a> {
+    device_id: Vec<i64>,
+    name: Vec<&'a str>,
+    unit: Vec<Option<&'a str>>,
+    values: Values<'a>,
+}
+
+impl<'a> Latest<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Latest {
+            device_id: Vec::with_capacity(n),
+            name: Vec::with_capacity(n),
+            unit: Vec::with_capacity(n),
+            values: Values::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, device_id: i64, m: &'a Measurement, message_id: i64) {
+        self.device_id.push(device_id);
+        self.name.push(&m.name);
+        self.unit.push(m.unit.as_deref());
+        self.values.push(m, message_id);
+    }
+
+    /// Keeps `latest_values` at the newest measurement per (device, name).
+    async fn upsert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let v = &self.values;
+        sqlx::query(
+            "INSERT INTO latest_values (device_id, name, unit, time, value, string_value, \
+                                        string_escaped, bool_value, data_value, sum, message_id) \
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::timestamptz[], \
+                                  $5::float8[], $6::text[], $7::bool[], $8::bool[], \
+                                  $9::bytea[], $10::float8[], $11::int8[]) \
+             ON CONFLICT (device_id, name) DO UPDATE SET time = EXCLUDED.time, \
+                 unit = EXCLUDED.unit, value = EXCLUDED.value, \
+                 string_value = EXCLUDED.string_value, string_escaped = EXCLUDED.string_escaped, \
+                 bool_value = EXCLUDED.bool_value, data_value = EXCLUDED.data_value, \
+                 sum = EXCLUDED.sum, message_id = EXCLUDED.message_id \
+             WHERE latest_values.time <= EXCLUDED.time",
+        )
+        .bind(&self.device_id)
+        .bind(&self.name)
+        .bind(&self.unit)
+        .bind(&v.time)
+        .bind(&v.value)
+        .bind(&v.string_value)
+        .bind(&v.string_escaped)
+        .bind(&v.bool_value)
+        .bind(&v.data_value)
+        .bind(&v.sum)
+        .bind(&v.message_id)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+}
