@@ -8,6 +8,9 @@
 -- arrive in time order, so a few bytes per thousand rows find any time range or id range).
 -- No foreign keys on measurements: the ingest transaction writes the message, the series and
 -- the measurements together, so the references hold by construction (checked by a test).
+-- The message id is no longer stored per row (nothing in the API reads it): the live-stream
+-- notification, which listed the messages of an INSERT, is now sent by the ingest
+-- transaction itself with the same payload, so the statement trigger goes too.
 --
 -- Existing data is converted in place: same ids, same partitions (names and bounds), same
 -- values, so every answer of the API stays as it was.
@@ -24,6 +27,7 @@ CREATE TABLE series (
 
 ALTER TABLE measurements RENAME TO measurements_v1;
 DROP TRIGGER measurements_inserted ON measurements_v1;
+DROP FUNCTION notify_measurements_inserted();
 DO $$
 DECLARE
     p record;
@@ -38,7 +42,6 @@ END $$;
 CREATE TABLE measurements (
     time            TIMESTAMPTZ NOT NULL,
     id              BIGINT GENERATED ALWAYS AS IDENTITY,
-    message_id      BIGINT NOT NULL,
     series_id       INTEGER NOT NULL,
     value           DOUBLE PRECISION,
     sum             DOUBLE PRECISION,
@@ -64,10 +67,10 @@ END $$;
 INSERT INTO series (device_id, name, unit)
 SELECT DISTINCT device_id, name, unit FROM measurements_v1 ORDER BY 1, 2, 3;
 
-INSERT INTO measurements (time, id, message_id, series_id, value, sum, string_value,
-                          string_escaped, bool_value, data_value)
+INSERT INTO measurements (time, id, series_id, value, sum, string_value, string_escaped,
+                          bool_value, data_value)
 OVERRIDING SYSTEM VALUE
-SELECT m.time, m.id, m.message_id, s.id, m.value, m.sum, m.string_value, m.string_escaped,
+SELECT m.time, m.id, s.id, m.value, m.sum, m.string_value, m.string_escaped,
        m.bool_value, m.data_value
 FROM measurements_v1 m
 JOIN series s ON s.device_id = m.device_id AND s.name = m.name
@@ -83,10 +86,6 @@ CREATE INDEX measurements_series_time_idx ON measurements (series_id, time);
 CREATE INDEX measurements_time_id_brin ON measurements USING brin (time, id)
     WITH (pages_per_range = 16, autosummarize = on);
 
-CREATE TRIGGER measurements_inserted AFTER INSERT ON measurements
-    REFERENCING NEW TABLE AS new_measurements
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_measurements_inserted();
-
 -- Latest values: written in the same transaction as the measurement they copy, so their
 -- references hold by construction too; the per-row trigger look-ups go. Half-full pages
 -- leave room for the update of a row to stay on its page (a HOT update, without an index
@@ -94,3 +93,7 @@ CREATE TRIGGER measurements_inserted AFTER INSERT ON measurements
 ALTER TABLE latest_values DROP CONSTRAINT latest_values_device_id_fkey,
                           DROP CONSTRAINT latest_values_message_id_fkey;
 ALTER TABLE latest_values SET (fillfactor = 50);
+CLUSTER latest_values USING latest_values_pkey;
+-- The same for devices, whose message count every batch updates.
+ALTER TABLE devices SET (fillfactor = 50);
+CLUSTER devices USING devices_pkey;

@@ -321,12 +321,13 @@ async fn old_shape_data_is_migrated_in_place_and_answers_as_before() {
     );
 }
 
-/// Rows whose reference points nowhere, or at a series of another device than its message's.
+/// Rows whose reference points nowhere, or that no transaction storing a message of their
+/// series' device wrote.
 const BROKEN_REFERENCES: &str = "SELECT \
      (SELECT count(*) FROM measurements m WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.id = m.series_id)) \
-   + (SELECT count(*) FROM measurements m WHERE NOT EXISTS (SELECT 1 FROM messages g WHERE g.id = m.message_id)) \
    + (SELECT count(*) FROM measurements m JOIN series s ON s.id = m.series_id \
-        JOIN messages g ON g.id = m.message_id WHERE g.device_id IS DISTINCT FROM s.device_id) \
+        WHERE NOT EXISTS (SELECT 1 FROM messages g WHERE g.xmin = m.xmin AND g.device_id = s.device_id)) \
+   + (SELECT count(*) FROM series s WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = s.device_id)) \
    + (SELECT count(*) FROM latest_values l WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = l.device_id)) \
    + (SELECT count(*) FROM latest_values l WHERE NOT EXISTS (SELECT 1 FROM messages g WHERE g.id = l.message_id))";
 
@@ -383,15 +384,16 @@ async fn references_hold_by_construction_under_concurrent_ingestion() {
         assert_eq!(task.await.unwrap(), 200);
     }
 
-    let (messages, rows, series, broken): (i64, i64, i64, i64) =
+    let (messages, records, rows, series, broken): (i64, i64, i64, i64, i64) =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM measurements), \
+            "SELECT (SELECT count(*) FROM messages), (SELECT sum(record_count)::int8 FROM messages), \
+                    (SELECT count(*) FROM measurements), \
                     (SELECT count(*) FROM series), ({BROKEN_REFERENCES})"
         )))
         .fetch_one(&mut db)
         .await
         .unwrap();
-    assert_eq!((messages, rows), (160, 480));
+    assert_eq!((messages, records, rows), (160, 480, 480));
     // What was sent, as (device, name, unit): each exactly once.
     let mut sent = std::collections::HashSet::new();
     for i in 0..160u32 {

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 /// together, so that an export whose client does not read keeps its database query open.
 const ROWS: i64 = 300_000;
 
-/// One delivery for a device and a message to attach rows to, then [`ROWS`] measurements.
+/// One delivery for a device, then [`ROWS`] measurements of it.
 async fn seed(env: &Env, server: &Server, plug: uuid::Uuid) {
     let body = br#"[{"bn":"urn:dev:IMEI:356938035643809:","n":"t","v":1}]"#;
     let response = deliver(&client(), server, plug, SECRET, body).await;
@@ -23,9 +23,9 @@ async fn seed(env: &Env, server: &Server, plug: uuid::Uuid) {
     sqlx::query(
         "WITH s AS (INSERT INTO series (device_id, name) SELECT id, 'level' FROM devices \
                     RETURNING id) \
-         INSERT INTO measurements (series_id, time, value, message_id) \
-         SELECT s.id, TIMESTAMPTZ '2024-01-01' + g * INTERVAL '1 second', g, m.id \
-         FROM s, messages m, generate_series(1, $1) g",
+         INSERT INTO measurements (series_id, time, value) \
+         SELECT s.id, TIMESTAMPTZ '2024-01-01' + g * INTERVAL '1 second', g \
+         FROM s, generate_series(1, $1) g",
     )
     .bind(ROWS)
     .execute(&mut db)

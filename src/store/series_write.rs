@@ -1,9 +1,10 @@
 //! Writing a batch's measurements: their series, the measurement rows and the latest values,
 //! inside the batch's transaction (`deliveries::store_batch`).
 //!
-//! A measurement row refers to its series and its message without a foreign key: both are
-//! written or found in this same transaction before the rows that point at them, so the
-//! references hold by construction and no per-row trigger has to look them up again.
+//! A measurement row refers to its series without a foreign key: the series is found or
+//! written in this same transaction before the rows that point at it, so the reference holds
+//! by construction and no per-row trigger has to look it up again. The same statement that
+//! inserts the rows upserts the latest values and announces the rows to the live stream.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +21,8 @@ type SeriesKey<'a> = (i64, &'a str, Option<&'a str>);
 
 /// Stores the measurements of newly stored messages (`(message id, records)`), whose devices
 /// `device_ids` holds by normalised key: resolves their series, inserts the rows and keeps
-/// `latest_values` at the newest record per (device, name), in two statements.
+/// `latest_values` at the newest record per (device, name): one statement to find the
+/// series (more only for new ones), one for the rest.
 pub async fn write(
     tx: &mut PgConnection,
     messages: &[(i64, &[Measurement])],
@@ -52,7 +54,7 @@ pub async fn write(
         for record in *records {
             let device_id = *device.next().ok_or(sqlx::Error::RowNotFound)?;
             let series = keys[&(device_id, record.name.as_str(), record.unit.as_deref())];
-            rows.push(series, record, *message_id);
+            rows.push(series, record);
             // One statement may not touch a row twice: the newest record per key only.
             newest
                 .entry((device_id, record.name.as_str()))
@@ -65,13 +67,92 @@ pub async fn write(
                 .or_insert((record, *message_id));
         }
     }
-    rows.insert(tx).await?;
     // Sorted by key, for a stable lock order between concurrent batches.
     let mut latest = Latest::with_capacity(newest.len());
     for ((device_id, _), (record, message_id)) in &newest {
         latest.push(*device_id, record, *message_id);
     }
-    latest.upsert(tx).await
+    let announced = announced_messages(messages);
+    insert(tx, &rows, &latest, &announced).await
+}
+
+/// The message part of the live-stream payload: `,id,id,...` for the messages the rows
+/// belong to, in the order of their decimal text (the order `string_agg(DISTINCT id::text)`
+/// gave when a trigger wrote it), so that listeners see the same payload as before.
+fn announced_messages(messages: &[(i64, &[Measurement])]) -> String {
+    let mut ids: Vec<String> = messages
+        .iter()
+        .filter(|(_, records)| !records.is_empty())
+        .map(|(id, _)| id.to_string())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.iter().fold(String::new(), |mut out, id| {
+        out.push(',');
+        out.push_str(id);
+        out
+    })
+}
+
+/// Inserts the rows, upserts the latest values and notifies `store::live::CHANNEL` with
+/// `min_id,max_id[,message,...]` of the rows (past 7000 bytes, without the messages), all in
+/// one statement. The notification is delivered at commit, to every listening process.
+async fn insert(
+    tx: &mut PgConnection,
+    rows: &Rows<'_>,
+    latest: &Latest<'_>,
+    announced: &str,
+) -> Result<(), sqlx::Error> {
+    let (v, l) = (&rows.values, &latest.values);
+    sqlx::query(
+        "WITH m AS ( \
+             INSERT INTO measurements (series_id, time, value, string_value, string_escaped, \
+                                       bool_value, data_value, sum) \
+             SELECT * FROM UNNEST($1::int4[], $2::timestamptz[], $3::float8[], $4::text[], \
+                                  $5::bool[], $6::bool[], $7::bytea[], $8::float8[]) \
+             RETURNING id), \
+         l AS ( \
+             INSERT INTO latest_values (device_id, name, unit, time, value, string_value, \
+                                        string_escaped, bool_value, data_value, sum, message_id) \
+             SELECT * FROM UNNEST($9::int8[], $10::text[], $11::text[], $12::timestamptz[], \
+                                  $13::float8[], $14::text[], $15::bool[], $16::bool[], \
+                                  $17::bytea[], $18::float8[], $19::int8[]) \
+             ON CONFLICT (device_id, name) DO UPDATE SET time = EXCLUDED.time, \
+                 unit = EXCLUDED.unit, value = EXCLUDED.value, \
+                 string_value = EXCLUDED.string_value, string_escaped = EXCLUDED.string_escaped, \
+                 bool_value = EXCLUDED.bool_value, data_value = EXCLUDED.data_value, \
+                 sum = EXCLUDED.sum, message_id = EXCLUDED.message_id \
+             WHERE latest_values.time <= EXCLUDED.time) \
+         SELECT pg_notify($21, CASE WHEN length(p) > 7000 \
+                                    THEN split_part(p, ',', 1) || ',' || split_part(p, ',', 2) \
+                                    ELSE p END) \
+         FROM (SELECT min(id)::text || ',' || max(id)::text || $20 AS p FROM m) n \
+         WHERE p IS NOT NULL",
+    )
+    .bind(&rows.series_id)
+    .bind(&v.time)
+    .bind(&v.value)
+    .bind(&v.string_value)
+    .bind(&v.string_escaped)
+    .bind(&v.bool_value)
+    .bind(&v.data_value)
+    .bind(&v.sum)
+    .bind(&latest.device_id)
+    .bind(&latest.name)
+    .bind(&latest.unit)
+    .bind(&l.time)
+    .bind(&l.value)
+    .bind(&l.string_value)
+    .bind(&l.string_escaped)
+    .bind(&l.bool_value)
+    .bind(&l.data_value)
+    .bind(&l.sum)
+    .bind(&latest.message_id)
+    .bind(announced)
+    .bind(super::live::CHANNEL)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// The id of every series in `keys` (in key order), inserting those not seen before.
@@ -148,7 +229,6 @@ struct Values<'a> {
     bool_value: Vec<Option<bool>>,
     data_value: Vec<Option<&'a [u8]>>,
     sum: Vec<Option<f64>>,
-    message_id: Vec<i64>,
 }
 
 impl<'a> Values<'a> {
@@ -161,11 +241,10 @@ impl<'a> Values<'a> {
             bool_value: Vec::with_capacity(n),
             data_value: Vec::with_capacity(n),
             sum: Vec::with_capacity(n),
-            message_id: Vec::with_capacity(n),
         }
     }
 
-    fn push(&mut self, m: &'a Measurement, message_id: i64) {
+    fn push(&mut self, m: &'a Measurement) {
         self.time.push(m.time);
         let (mut v, mut s, mut e, mut b, mut d) = (None, None, None, None, None);
         match &m.value {
@@ -184,7 +263,6 @@ impl<'a> Values<'a> {
         self.bool_value.push(b);
         self.data_value.push(d);
         self.sum.push(m.sum);
-        self.message_id.push(message_id);
     }
 }
 
@@ -201,31 +279,9 @@ impl<'a> Rows<'a> {
         }
     }
 
-    fn push(&mut self, series_id: i32, m: &'a Measurement, message_id: i64) {
+    fn push(&mut self, series_id: i32, m: &'a Measurement) {
         self.series_id.push(series_id);
-        self.values.push(m, message_id);
-    }
-
-    async fn insert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let v = &self.values;
-        sqlx::query(
-            "INSERT INTO measurements (series_id, time, value, string_value, string_escaped, \
-                                       bool_value, data_value, sum, message_id) \
-             SELECT * FROM UNNEST($1::int4[], $2::timestamptz[], $3::float8[], $4::text[], \
-                                  $5::bool[], $6::bool[], $7::bytea[], $8::float8[], $9::int8[])",
-        )
-        .bind(&self.series_id)
-        .bind(&v.time)
-        .bind(&v.value)
-        .bind(&v.string_value)
-        .bind(&v.string_escaped)
-        .bind(&v.bool_value)
-        .bind(&v.data_value)
-        .bind(&v.sum)
-        .bind(&v.message_id)
-        .execute(tx)
-        .await?;
-        Ok(())
+        self.values.push(m);
     }
 }
 
@@ -234,6 +290,7 @@ struct Latest<'a> {
     name: Vec<&'a str>,
     unit: Vec<Option<&'a str>>,
     values: Values<'a>,
+    message_id: Vec<i64>,
 }
 
 impl<'a> Latest<'a> {
@@ -243,6 +300,7 @@ impl<'a> Latest<'a> {
             name: Vec::with_capacity(n),
             unit: Vec::with_capacity(n),
             values: Values::with_capacity(n),
+            message_id: Vec::with_capacity(n),
         }
     }
 
@@ -250,38 +308,7 @@ impl<'a> Latest<'a> {
         self.device_id.push(device_id);
         self.name.push(&m.name);
         self.unit.push(m.unit.as_deref());
-        self.values.push(m, message_id);
-    }
-
-    /// Keeps `latest_values` at the newest measurement per (device, name).
-    async fn upsert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let v = &self.values;
-        sqlx::query(
-            "INSERT INTO latest_values (device_id, name, unit, time, value, string_value, \
-                                        string_escaped, bool_value, data_value, sum, message_id) \
-             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::timestamptz[], \
-                                  $5::float8[], $6::text[], $7::bool[], $8::bool[], \
-                                  $9::bytea[], $10::float8[], $11::int8[]) \
-             ON CONFLICT (device_id, name) DO UPDATE SET time = EXCLUDED.time, \
-                 unit = EXCLUDED.unit, value = EXCLUDED.value, \
-                 string_value = EXCLUDED.string_value, string_escaped = EXCLUDED.string_escaped, \
-                 bool_value = EXCLUDED.bool_value, data_value = EXCLUDED.data_value, \
-                 sum = EXCLUDED.sum, message_id = EXCLUDED.message_id \
-             WHERE latest_values.time <= EXCLUDED.time",
-        )
-        .bind(&self.device_id)
-        .bind(&self.name)
-        .bind(&self.unit)
-        .bind(&v.time)
-        .bind(&v.value)
-        .bind(&v.string_value)
-        .bind(&v.string_escaped)
-        .bind(&v.bool_value)
-        .bind(&v.data_value)
-        .bind(&v.sum)
-        .bind(&v.message_id)
-        .execute(tx)
-        .await?;
-        Ok(())
+        self.values.push(m);
+        self.message_id.push(message_id);
     }
 }
