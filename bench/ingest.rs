@@ -7,7 +7,8 @@
 //! - a bare TLS server (same rustls policy) that only verifies the token and answers 200;
 //! - a direct bulk insert of the same rows into PostgreSQL (`store_batch`, 500 deliveries per
 //!   transaction, commits durable), into a fresh database of the current schema and, side by
-//!   side, into one of the schema before series (`old_schema.rs`: its DDL and write path);
+//!   side, into one of the schema before series (`old_schema.rs`: its DDL and write path),
+//!   alternated twice, best of each;
 //!
 //! and prints our throughput as a ratio of each, because this machine is shared and noisy.
 //! Our server and the TLS ceiling are measured at `BENCH_CONCURRENCY` connections and at 8
@@ -421,40 +422,37 @@ async fn main() {
             .await
             .unwrap();
     }
+    let destination = uuid::Uuid::new_v4();
     let mut old_db = PgConnection::connect(&bulk_db("bulk_old")).await.unwrap();
     old_schema::migrate(&mut old_db).await;
-    let destination = uuid::Uuid::new_v4();
-    sqlx::query("INSERT INTO destinations (id, name, secret_sealed) VALUES ($1, 'bench', '\\x00')")
-        .bind(destination)
-        .execute(&mut old_db)
-        .await
-        .unwrap();
-    let bulk_old = bulk_insert(
-        &bulk_db("bulk_old"),
-        destination,
-        seconds,
-        300_000_000,
-        true,
-    )
-    .await;
     let mut new_db = PgConnection::connect(&bulk_db("bulk_new")).await.unwrap();
     sqlx::migrate!("./migrations")
         .run(&mut new_db)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO destinations (id, name, secret_sealed) VALUES ($1, 'bench', '\\x00')")
+    for conn in [&mut old_db, &mut new_db] {
+        sqlx::query(
+            "INSERT INTO destinations (id, name, secret_sealed) VALUES ($1, 'bench', '\\x00')",
+        )
         .bind(destination)
-        .execute(&mut new_db)
+        .execute(conn)
         .await
         .unwrap();
-    let bulk = bulk_insert(
-        &bulk_db("bulk_new"),
-        destination,
-        seconds,
-        300_000_000,
-        false,
-    )
-    .await;
+    }
+    // Alternated twice, best of each kept: the machine is shared, and a burst of other work
+    // should not decide the comparison.
+    let (mut bulk_old, mut bulk) = (Vec::new(), Vec::new());
+    for round in 0..2u64 {
+        let start = 300_000_000 + round * 50_000_000;
+        bulk_old.push(bulk_insert(&bulk_db("bulk_old"), destination, seconds, start, true).await);
+        bulk.push(bulk_insert(&bulk_db("bulk_new"), destination, seconds, start, false).await);
+    }
+    let best = |runs: Vec<Run>| {
+        runs.into_iter()
+            .max_by(|a, b| a.rate().total_cmp(&b.rate()))
+            .unwrap()
+    };
+    let (bulk_old, bulk) = (best(bulk_old), best(bulk));
 
     println!();
     println!(

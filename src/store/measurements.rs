@@ -93,8 +93,7 @@ pub async fn list(
         let lower = anchor
             .checked_sub_signed(window)
             .filter(|lower| attempt < MAX_WINDOWS && filter.from.is_none_or(|from| *lower > from));
-        let mut query = across_devices(filter, lower.or(filter.from));
-        query.push(" LIMIT ").push_bind(filter.limit);
+        let mut query = newest_across_devices(filter, lower.or(filter.from));
         let rows: Vec<MeasurementRow> = query.build_query_as().fetch_all(pool).await?;
         if rows.len() as i64 >= filter.limit || lower.is_none() {
             return Ok(rows);
@@ -111,6 +110,31 @@ pub fn select(filter: &MeasurementFilter) -> QueryBuilder<Postgres> {
         Some(device_id) => by_device(filter, device_id, None),
         None => across_devices(filter, filter.from),
     }
+}
+
+/// The newest `filter.limit` measurements of every device matching `filter`, from `from` on.
+/// Without a name, the rows are picked before they are joined to their series and devices.
+fn newest_across_devices(
+    filter: &MeasurementFilter,
+    from: Option<DateTime<Utc>>,
+) -> QueryBuilder<Postgres> {
+    if filter.name.is_some() {
+        let mut query = across_devices(filter, from);
+        query.push(" LIMIT ").push_bind(filter.limit);
+        return query;
+    }
+    let mut query: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "SELECT {ROW_COLUMNS} FROM (SELECT * FROM measurements m WHERE TRUE"
+    ));
+    time_conditions(&mut query, filter, from);
+    query
+        .push(" ORDER BY m.time DESC, m.id DESC LIMIT ")
+        .push_bind(filter.limit)
+        .push(
+            ") m JOIN series s ON s.id = m.series_id JOIN devices d ON d.id = s.device_id \
+             ORDER BY m.time DESC, m.id DESC",
+        );
+    query
 }
 
 /// Measurements of every device matching `filter`, from `from` on.

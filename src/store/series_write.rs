@@ -20,9 +20,9 @@ use super::stored_text;
 type SeriesKey<'a> = (i64, &'a str, Option<&'a str>);
 
 /// Stores the measurements of newly stored messages (`(message id, records)`), whose devices
-/// `device_ids` holds by normalised key: resolves their series, inserts the rows and keeps
-/// `latest_values` at the newest record per (device, name): one statement to find the
-/// series (more only for new ones), one for the rest.
+/// `device_ids` holds by normalised key: finds their series, inserts the rows and keeps
+/// `latest_values` at the newest record per (device, name), in one statement once every
+/// series exists (the steady state); a batch with new series inserts them and runs it again.
 pub async fn write(
     tx: &mut PgConnection,
     messages: &[(i64, &[Measurement])],
@@ -31,7 +31,7 @@ pub async fn write(
     let total: usize = messages.iter().map(|(_, r)| r.len()).sum();
     // Every record's device once, then every record's series once.
     let mut devices: Vec<i64> = Vec::with_capacity(total);
-    let mut keys: BTreeMap<SeriesKey<'_>, i32> = BTreeMap::new();
+    let mut keys: BTreeMap<SeriesKey<'_>, i64> = BTreeMap::new();
     for (_, records) in messages {
         for record in *records {
             let device = device_ids
@@ -42,10 +42,11 @@ pub async fn write(
             keys.insert((device, &record.name, record.unit.as_deref()), 0);
         }
     }
-    let ids = resolve(tx, &keys).await?;
-    for (slot, id) in keys.values_mut().zip(&ids) {
-        *slot = *id;
+    // 1-based, as `WITH ORDINALITY` counts the arrays bound in key order.
+    for (ordinal, slot) in keys.values_mut().enumerate() {
+        *slot = ordinal as i64 + 1;
     }
+    let series = SeriesKeys::of(&keys);
 
     let mut rows = Rows::with_capacity(total);
     let mut newest: BTreeMap<(i64, &str), (&Measurement, i64)> = BTreeMap::new();
@@ -53,8 +54,8 @@ pub async fn write(
     for (message_id, records) in messages {
         for record in *records {
             let device_id = *device.next().ok_or(sqlx::Error::RowNotFound)?;
-            let series = keys[&(device_id, record.name.as_str(), record.unit.as_deref())];
-            rows.push(series, record);
+            let key = keys[&(device_id, record.name.as_str(), record.unit.as_deref())];
+            rows.push(key, record);
             // One statement may not touch a row twice: the newest record per key only.
             newest
                 .entry((device_id, record.name.as_str()))
@@ -73,7 +74,44 @@ pub async fn write(
         latest.push(*device_id, record, *message_id);
     }
     let announced = announced_messages(messages);
-    insert(tx, &rows, &latest, &announced).await
+    if insert(tx, &series, &rows, &latest, &announced).await? {
+        return Ok(());
+    }
+    // Some series are new. Inserted in key order, so concurrent batches lock them in one
+    // order; one that a concurrent batch inserted first is waited for and skipped, and the
+    // next statement's snapshot sees it.
+    sqlx::query(
+        "INSERT INTO series (device_id, name, unit) \
+         SELECT d, n, u FROM UNNEST($1::int8[], $2::text[], $3::text[]) \
+              WITH ORDINALITY AS k(d, n, u, i) ORDER BY i \
+         ON CONFLICT ON CONSTRAINT series_key DO NOTHING",
+    )
+    .bind(&series.device_id)
+    .bind(&series.name)
+    .bind(&series.unit)
+    .execute(&mut *tx)
+    .await?;
+    if insert(tx, &series, &rows, &latest, &announced).await? {
+        return Ok(());
+    }
+    Err(sqlx::Error::RowNotFound)
+}
+
+/// The series of a batch as arrays, in key order.
+struct SeriesKeys<'a> {
+    device_id: Vec<i64>,
+    name: Vec<&'a str>,
+    unit: Vec<Option<&'a str>>,
+}
+
+impl<'a> SeriesKeys<'a> {
+    fn of(keys: &BTreeMap<SeriesKey<'a>, i64>) -> Self {
+        SeriesKeys {
+            device_id: keys.keys().map(|k| k.0).collect(),
+            name: keys.keys().map(|k| k.1).collect(),
+            unit: keys.keys().map(|k| k.2).collect(),
+        }
+    }
 }
 
 /// The message part of the live-stream payload: `,id,id,...` for the messages the rows
@@ -94,42 +132,60 @@ fn announced_messages(messages: &[(i64, &[Measurement])]) -> String {
     })
 }
 
-/// Inserts the rows, upserts the latest values and notifies `store::live::CHANNEL` with
-/// `min_id,max_id[,message,...]` of the rows (past 7000 bytes, without the messages), all in
-/// one statement. The notification is delivered at commit, to every listening process.
+/// Finds the series, inserts the rows (in record order, so ids follow it), upserts the
+/// latest values and notifies `store::live::CHANNEL` with `min_id,max_id[,message,...]` of
+/// the rows (past 7000 bytes, without the messages), all in one statement; the notification
+/// is delivered at commit, to every listening process. Writes nothing and returns false when
+/// a series does not exist yet.
 async fn insert(
     tx: &mut PgConnection,
+    series: &SeriesKeys<'_>,
     rows: &Rows<'_>,
     latest: &Latest<'_>,
     announced: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let (v, l) = (&rows.values, &latest.values);
-    sqlx::query(
-        "WITH m AS ( \
+    let (found, _): (bool, Option<String>) = sqlx::query_as(
+        "WITH k AS (SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[]) \
+                        WITH ORDINALITY AS k(d, n, u, i)), \
+         f AS (SELECT k.i, s.id FROM k JOIN series s \
+                 ON s.device_id = k.d AND s.name = k.n AND s.unit IS NOT DISTINCT FROM k.u), \
+         ok AS (SELECT count(*) = cardinality($1::int8[]) AS all_found FROM f), \
+         m AS ( \
              INSERT INTO measurements (series_id, time, value, string_value, string_escaped, \
                                        bool_value, data_value, sum) \
-             SELECT * FROM UNNEST($1::int4[], $2::timestamptz[], $3::float8[], $4::text[], \
-                                  $5::bool[], $6::bool[], $7::bytea[], $8::float8[]) \
+             SELECT f.id, r.t, r.v, r.s, r.e, r.b, r.d, r.su \
+             FROM UNNEST($4::int8[], $5::timestamptz[], $6::float8[], $7::text[], $8::bool[], \
+                         $9::bool[], $10::bytea[], $11::float8[]) \
+                  WITH ORDINALITY AS r(k, t, v, s, e, b, d, su, o) \
+             JOIN f ON f.i = r.k \
+             WHERE (SELECT all_found FROM ok) \
+             ORDER BY r.o \
              RETURNING id), \
          l AS ( \
              INSERT INTO latest_values (device_id, name, unit, time, value, string_value, \
                                         string_escaped, bool_value, data_value, sum, message_id) \
-             SELECT * FROM UNNEST($9::int8[], $10::text[], $11::text[], $12::timestamptz[], \
-                                  $13::float8[], $14::text[], $15::bool[], $16::bool[], \
-                                  $17::bytea[], $18::float8[], $19::int8[]) \
+             SELECT * FROM UNNEST($12::int8[], $13::text[], $14::text[], $15::timestamptz[], \
+                                  $16::float8[], $17::text[], $18::bool[], $19::bool[], \
+                                  $20::bytea[], $21::float8[], $22::int8[]) \
+             WHERE (SELECT all_found FROM ok) \
              ON CONFLICT (device_id, name) DO UPDATE SET time = EXCLUDED.time, \
                  unit = EXCLUDED.unit, value = EXCLUDED.value, \
                  string_value = EXCLUDED.string_value, string_escaped = EXCLUDED.string_escaped, \
                  bool_value = EXCLUDED.bool_value, data_value = EXCLUDED.data_value, \
                  sum = EXCLUDED.sum, message_id = EXCLUDED.message_id \
              WHERE latest_values.time <= EXCLUDED.time) \
-         SELECT pg_notify($21, CASE WHEN length(p) > 7000 \
-                                    THEN split_part(p, ',', 1) || ',' || split_part(p, ',', 2) \
-                                    ELSE p END) \
-         FROM (SELECT min(id)::text || ',' || max(id)::text || $20 AS p FROM m) n \
-         WHERE p IS NOT NULL",
+         SELECT (SELECT all_found FROM ok), \
+                (SELECT pg_notify($24, CASE WHEN length(p) > 7000 \
+                                  THEN split_part(p, ',', 1) || ',' || split_part(p, ',', 2) \
+                                  ELSE p END)::text \
+                 FROM (SELECT min(id)::text || ',' || max(id)::text || $23 AS p FROM m) n \
+                 WHERE p IS NOT NULL)",
     )
-    .bind(&rows.series_id)
+    .bind(&series.device_id)
+    .bind(&series.name)
+    .bind(&series.unit)
+    .bind(&rows.key)
     .bind(&v.time)
     .bind(&v.value)
     .bind(&v.string_value)
@@ -150,74 +206,9 @@ async fn insert(
     .bind(&latest.message_id)
     .bind(announced)
     .bind(super::live::CHANNEL)
-    .execute(tx)
+    .fetch_one(tx)
     .await?;
-    Ok(())
-}
-
-/// The id of every series in `keys` (in key order), inserting those not seen before.
-///
-/// Reads first: in the steady state every series exists and this is one index probe each.
-/// New ones are inserted in key order (so concurrent batches lock them in one order) with `DO
-/// NOTHING`; one a concurrent batch committed meanwhile is invisible to that statement's
-/// snapshot and is read again by a fresh one.
-async fn resolve(
-    tx: &mut PgConnection,
-    keys: &BTreeMap<SeriesKey<'_>, i32>,
-) -> Result<Vec<i32>, sqlx::Error> {
-    let mut ids: Vec<Option<i32>> = vec![None; keys.len()];
-    let all: Vec<usize> = (0..keys.len()).collect();
-    let list: Vec<&SeriesKey<'_>> = keys.keys().collect();
-    lookup(tx, &list, &all, &mut ids, LOOKUP).await?;
-    for statement in [INSERT, LOOKUP] {
-        let missing: Vec<usize> = (0..ids.len()).filter(|&i| ids[i].is_none()).collect();
-        if missing.is_empty() {
-            break;
-        }
-        lookup(tx, &list, &missing, &mut ids, statement).await?;
-    }
-    ids.into_iter()
-        .map(|id| id.ok_or(sqlx::Error::RowNotFound))
-        .collect()
-}
-
-/// The series at `which` of `list`, by ordinality (1-based) in the arrays bound.
-const LOOKUP: &str = "SELECT k.i, s.id \
-     FROM UNNEST($1::int8[], $2::text[], $3::text[]) WITH ORDINALITY AS k(d, n, u, i) \
-     JOIN series s ON s.device_id = k.d AND s.name = k.n AND s.unit IS NOT DISTINCT FROM k.u";
-
-const INSERT: &str = "WITH k AS (SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[]) \
-                         WITH ORDINALITY AS k(d, n, u, i)), \
-     new AS (INSERT INTO series (device_id, name, unit) SELECT d, n, u FROM k ORDER BY i \
-             ON CONFLICT ON CONSTRAINT series_key DO NOTHING \
-             RETURNING id, device_id, name, unit) \
-     SELECT k.i, new.id FROM new \
-     JOIN k ON new.device_id = k.d AND new.name = k.n AND new.unit IS NOT DISTINCT FROM k.u";
-
-async fn lookup(
-    tx: &mut PgConnection,
-    list: &[&SeriesKey<'_>],
-    which: &[usize],
-    ids: &mut [Option<i32>],
-    statement: &'static str,
-) -> Result<(), sqlx::Error> {
-    let devices: Vec<i64> = which.iter().map(|&i| list[i].0).collect();
-    let names: Vec<&str> = which.iter().map(|&i| list[i].1).collect();
-    let units: Vec<Option<&str>> = which.iter().map(|&i| list[i].2).collect();
-    let rows: Vec<(i64, i32)> = sqlx::query_as(statement)
-        .bind(&devices)
-        .bind(&names)
-        .bind(&units)
-        .fetch_all(&mut *tx)
-        .await?;
-    for (ordinal, id) in rows {
-        let slot = usize::try_from(ordinal - 1)
-            .ok()
-            .and_then(|k| which.get(k))
-            .ok_or(sqlx::Error::RowNotFound)?;
-        ids[*slot] = Some(id);
-    }
-    Ok(())
+    Ok(found)
 }
 
 /// The value columns of measurement-shaped rows, as UNNEST arrays.
@@ -266,21 +257,22 @@ impl<'a> Values<'a> {
     }
 }
 
+/// Measurement rows, each with the ordinal of its series among the batch's series.
 struct Rows<'a> {
-    series_id: Vec<i32>,
+    key: Vec<i64>,
     values: Values<'a>,
 }
 
 impl<'a> Rows<'a> {
     fn with_capacity(n: usize) -> Self {
         Rows {
-            series_id: Vec::with_capacity(n),
+            key: Vec::with_capacity(n),
             values: Values::with_capacity(n),
         }
     }
 
-    fn push(&mut self, series_id: i32, m: &'a Measurement) {
-        self.series_id.push(series_id);
+    fn push(&mut self, key: i64, m: &'a Measurement) {
+        self.key.push(key);
         self.values.push(m);
     }
 }
