@@ -65,7 +65,22 @@ pub async fn store_batch(conn: &mut PgConnection, destination: uuid::Uuid, batch
     .fetch_all(&mut *tx)
     .await
     .unwrap();
-    let ids: HashMap<String, i64> = rows.into_iter().collect();
+    let mut ids: HashMap<String, i64> = rows.into_iter().collect();
+    // A device the other connection inserted meanwhile is invisible to that statement.
+    let missing: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !ids.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT urn_key, id FROM devices WHERE urn_key = ANY($1)")
+                .bind(&missing)
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+        ids.extend(rows);
+    }
     let device_of = |m: &Measurement| ids[&device_key(&m.device)];
 
     let n = batch.len();
