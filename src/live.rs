@@ -1,7 +1,7 @@
 //! The per-process fan-out of newly stored measurements to live-stream subscribers.
 //!
-//! A statement-level trigger notifies `things_measurements_inserted` once per INSERT into
-//! `measurements` (migration 0004); PostgreSQL delivers it at commit to every listening
+//! The ingest transaction notifies `things_measurements_inserted` once per INSERT into
+//! `measurements` (`store::series_write`); PostgreSQL delivers it at commit to every listening
 //! process, so a replica streams what another replica stored. Each process listens once,
 //! reads the announced rows once (and only while someone subscribes), and publishes them on a
 //! bounded broadcast channel. Ingestion never waits for any of this: NOTIFY is queued by

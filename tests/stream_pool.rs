@@ -14,16 +14,18 @@ use tokio::io::AsyncWriteExt;
 /// together, so that an export whose client does not read keeps its database query open.
 const ROWS: i64 = 300_000;
 
-/// One delivery for a device and a message to attach rows to, then [`ROWS`] measurements.
+/// One delivery for a device, then [`ROWS`] measurements of it.
 async fn seed(env: &Env, server: &Server, plug: uuid::Uuid) {
     let body = br#"[{"bn":"urn:dev:IMEI:356938035643809:","n":"t","v":1}]"#;
     let response = deliver(&client(), server, plug, SECRET, body).await;
     assert_eq!(response.status(), 200);
     let mut db = connect(&env.database_url).await;
     sqlx::query(
-        "INSERT INTO measurements (device_id, time, name, value, message_id) \
-         SELECT d.id, TIMESTAMPTZ '2024-01-01' + g * INTERVAL '1 second', 'level', g, m.id \
-         FROM devices d, messages m, generate_series(1, $1) g",
+        "WITH s AS (INSERT INTO series (device_id, name) SELECT id, 'level' FROM devices \
+                    RETURNING id) \
+         INSERT INTO measurements (series_id, time, value) \
+         SELECT s.id, TIMESTAMPTZ '2024-01-01' + g * INTERVAL '1 second', g \
+         FROM s, generate_series(1, $1) g",
     )
     .bind(ROWS)
     .execute(&mut db)

@@ -2,7 +2,6 @@
 //! whole batch in one transaction, so that an answer of success always means all of it is
 //! durable, and so that many concurrent deliveries share one commit (group commit).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
@@ -10,10 +9,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::senml::{Measurement, Value, device_key, device_kind};
+use crate::senml::{Measurement, device_key, device_kind};
 use crate::token::Token;
 
-use super::{answer_downlinks, device_uplinks, stored_text};
+use super::{answer_downlinks, device_uplinks};
 
 /// Who signed a delivery, which is also what tells a retry from a new delivery: the same
 /// sender and the same token.
@@ -219,8 +218,7 @@ pub async fn store_batch(
         };
     }
     if !new_messages.is_empty() {
-        insert_measurements(&mut tx, &new_messages, &device_ids).await?;
-        upsert_latest(&mut tx, &new_messages, &device_ids).await?;
+        super::series_write::write(&mut tx, &new_messages, &device_ids).await?;
     }
     let replies = answer_downlinks::replies(&mut tx, batch, &outcomes).await?;
     tx.commit().await?;
@@ -398,151 +396,4 @@ async fn upsert_devices(
         return Err(sqlx::Error::RowNotFound);
     }
     Ok(ids)
-}
-
-fn device_id(ids: &HashMap<String, i64>, record: &Measurement) -> Result<i64, sqlx::Error> {
-    ids.get(&device_key(&record.device))
-        .copied()
-        .ok_or(sqlx::Error::RowNotFound)
-}
-
-/// Column vectors for an UNNEST insert of measurement-shaped rows.
-struct Columns<'a> {
-    device_id: Vec<i64>,
-    time: Vec<DateTime<Utc>>,
-    name: Vec<&'a str>,
-    unit: Vec<Option<&'a str>>,
-    value: Vec<Option<f64>>,
-    string_value: Vec<Option<Cow<'a, str>>>,
-    string_escaped: Vec<Option<bool>>,
-    bool_value: Vec<Option<bool>>,
-    data_value: Vec<Option<&'a [u8]>>,
-    sum: Vec<Option<f64>>,
-    message_id: Vec<i64>,
-}
-
-impl<'a> Columns<'a> {
-    fn with_capacity(n: usize) -> Self {
-        Columns {
-            device_id: Vec::with_capacity(n),
-            time: Vec::with_capacity(n),
-            name: Vec::with_capacity(n),
-            unit: Vec::with_capacity(n),
-            value: Vec::with_capacity(n),
-            string_value: Vec::with_capacity(n),
-            string_escaped: Vec::with_capacity(n),
-            bool_value: Vec::with_capacity(n),
-            data_value: Vec::with_capacity(n),
-            sum: Vec::with_capacity(n),
-            message_id: Vec::with_capacity(n),
-        }
-    }
-
-    fn push(&mut self, device_id: i64, m: &'a Measurement, message_id: i64) {
-        self.device_id.push(device_id);
-        self.time.push(m.time);
-        self.name.push(&m.name);
-        self.unit.push(m.unit.as_deref());
-        let (mut v, mut s, mut e, mut b, mut d) = (None, None, None, None, None);
-        match &m.value {
-            Some(Value::Number(x)) => v = Some(*x),
-            Some(Value::String(x)) => {
-                let (text, escaped) = stored_text::to_storage(x);
-                (s, e) = (Some(text), escaped);
-            }
-            Some(Value::Bool(x)) => b = Some(*x),
-            Some(Value::Data(x)) => d = Some(x.as_slice()),
-            None => {}
-        }
-        self.value.push(v);
-        self.string_value.push(s);
-        self.string_escaped.push(e);
-        self.bool_value.push(b);
-        self.data_value.push(d);
-        self.sum.push(m.sum);
-        self.message_id.push(message_id);
-    }
-
-    async fn execute(&self, tx: &mut PgConnection, sql: &'static str) -> Result<(), sqlx::Error> {
-        sqlx::query(sql)
-            .bind(&self.device_id)
-            .bind(&self.time)
-            .bind(&self.name)
-            .bind(&self.unit)
-            .bind(&self.value)
-            .bind(&self.string_value)
-            .bind(&self.string_escaped)
-            .bind(&self.bool_value)
-            .bind(&self.data_value)
-            .bind(&self.sum)
-            .bind(&self.message_id)
-            .execute(tx)
-            .await?;
-        Ok(())
-    }
-}
-
-const INSERT_MEASUREMENTS: &str = "INSERT INTO measurements \
-     (device_id, time, name, unit, value, string_value, string_escaped, bool_value, data_value, \
-      sum, message_id) \
-     SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::float8[], \
-                          $6::text[], $7::bool[], $8::bool[], $9::bytea[], $10::float8[], \
-                          $11::int8[])";
-
-async fn insert_measurements(
-    tx: &mut PgConnection,
-    messages: &[(i64, &[Measurement])],
-    device_ids: &HashMap<String, i64>,
-) -> Result<(), sqlx::Error> {
-    let total = messages.iter().map(|(_, r)| r.len()).sum();
-    let mut columns = Columns::with_capacity(total);
-    for (message_id, records) in messages {
-        for record in *records {
-            columns.push(device_id(device_ids, record)?, record, *message_id);
-        }
-    }
-    columns.execute(tx, INSERT_MEASUREMENTS).await
-}
-
-const UPSERT_LATEST: &str = "INSERT INTO latest_values \
-     (device_id, time, name, unit, value, string_value, string_escaped, bool_value, data_value, \
-      sum, message_id) \
-     SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::float8[], \
-                          $6::text[], $7::bool[], $8::bool[], $9::bytea[], $10::float8[], \
-                          $11::int8[]) \
-     ON CONFLICT (device_id, name) DO UPDATE SET time = EXCLUDED.time, unit = EXCLUDED.unit, \
-         value = EXCLUDED.value, string_value = EXCLUDED.string_value, \
-         string_escaped = EXCLUDED.string_escaped, bool_value = EXCLUDED.bool_value, \
-         data_value = EXCLUDED.data_value, sum = EXCLUDED.sum, message_id = EXCLUDED.message_id \
-     WHERE latest_values.time <= EXCLUDED.time";
-
-/// Keeps `latest_values` at the newest measurement per (device, name).
-///
-/// One statement may not touch a row twice, so the newest record per key is picked here
-/// first; rows are sorted by key for a stable lock order.
-async fn upsert_latest(
-    tx: &mut PgConnection,
-    messages: &[(i64, &[Measurement])],
-    device_ids: &HashMap<String, i64>,
-) -> Result<(), sqlx::Error> {
-    let mut newest: BTreeMap<(i64, &str), (&Measurement, i64)> = BTreeMap::new();
-    for (message_id, records) in messages {
-        for record in *records {
-            let key = (device_id(device_ids, record)?, record.name.as_str());
-            newest
-                .entry(key)
-                .and_modify(|(m, id)| {
-                    if record.time >= m.time {
-                        *m = record;
-                        *id = *message_id;
-                    }
-                })
-                .or_insert((record, *message_id));
-        }
-    }
-    let mut columns = Columns::with_capacity(newest.len());
-    for ((device_id, _), (record, message_id)) in &newest {
-        columns.push(*device_id, record, *message_id);
-    }
-    columns.execute(tx, UPSERT_LATEST).await
 }

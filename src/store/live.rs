@@ -2,13 +2,14 @@
 
 use sqlx::PgPool;
 
-use super::measurements::MeasurementRow;
+use super::measurements::{MeasurementRow, ROW_COLUMNS};
 
-/// The channel the `measurements_inserted` trigger notifies on (migration 0004).
+/// The channel the ingest transaction notifies on (`store::series_write`; a trigger did until
+/// migration 0008, with the same payload).
 pub const CHANNEL: &str = "things_measurements_inserted";
 
 /// What one notification announces: the id range of one INSERT statement's rows and, when it
-/// fit in the payload, the messages they belong to.
+/// fit in the payload, the messages they belong to (stored in the same transaction).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inserted {
     pub min_id: i64,
@@ -40,16 +41,19 @@ pub struct LiveRow {
 }
 
 /// The rows `inserted` announced, in id order. The id range alone may also cover rows of
-/// other, concurrent statements; the message ids (when present) exclude those.
+/// other, concurrent statements; when the message ids are present, only rows written by the
+/// transaction that wrote those messages (the same `xmin`) are taken. The BRIN index on
+/// (time, id) finds the range: new rows sit at the end of their partitions.
 pub async fn fetch(pool: &PgPool, inserted: &Inserted) -> Result<Vec<LiveRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT d.urn_key, m.id, d.urn AS device, m.name, m.unit, m.time, m.value, \
-                m.string_value, m.string_escaped, m.bool_value, m.data_value, m.sum \
-         FROM measurements m JOIN devices d ON d.id = m.device_id \
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT d.urn_key, {ROW_COLUMNS} \
+         FROM measurements m JOIN series s ON s.id = m.series_id \
+         JOIN devices d ON d.id = s.device_id \
          WHERE m.id BETWEEN $1 AND $2 \
-           AND (cardinality($3::int8[]) = 0 OR m.message_id = ANY($3)) \
-         ORDER BY m.id",
-    )
+           AND (cardinality($3::int8[]) = 0 \
+                OR m.xmin IN (SELECT g.xmin FROM messages g WHERE g.id = ANY($3))) \
+         ORDER BY m.id"
+    )))
     .bind(inserted.min_id)
     .bind(inserted.max_id)
     .bind(&inserted.message_ids)

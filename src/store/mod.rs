@@ -21,6 +21,7 @@ pub mod messages;
 pub mod partitions;
 mod sealed_secrets;
 pub mod series;
+pub mod series_write;
 pub mod stored_text;
 
 use std::path::{Path, PathBuf};

@@ -60,12 +60,12 @@ async fn create_month(pool: &PgPool, start: DateTime<Utc>) -> Result<bool, sqlx:
         return Ok(false);
     }
     let (from, to) = (start.to_rfc3339(), end.to_rfc3339());
-    // Take the locks ATTACH needs up front, in the order ingest transactions take them
-    // (devices, messages, then measurements), so the two can only wait, never deadlock.
-    // Ingest pauses for the moment this takes; it happens once a month.
+    // Measurements have no foreign keys, so ATTACH locks only the partitioned table (in a
+    // mode ingest's inserts do not conflict with), the new table and the DEFAULT partition,
+    // which is locked first. Ingest into the DEFAULT partition pauses for the moment this
+    // takes; it happens once a month.
     let sql = format!(
-        "LOCK TABLE devices, messages IN SHARE ROW EXCLUSIVE MODE; \
-         LOCK TABLE measurements_default IN ACCESS EXCLUSIVE MODE; \
+        "LOCK TABLE measurements_default IN ACCESS EXCLUSIVE MODE; \
          CREATE TABLE {name} (LIKE measurements INCLUDING DEFAULTS); \
          WITH moved AS (DELETE FROM measurements_default WHERE time >= '{from}' AND time < '{to}' RETURNING *) \
          INSERT INTO {name} SELECT * FROM moved; \

@@ -1,7 +1,8 @@
 //! Time buckets of a device's series (`date_bin`), for charts.
 //!
-//! Every query here reads the `(device_id, name, time DESC, id DESC)` index over exactly the
-//! requested range, so its cost follows the number of points in the range, not the table size.
+//! Every query here finds the device's series of the requested names (one name may have
+//! several, one per unit) and reads the `(series_id, time)` index over exactly the requested
+//! range, so its cost follows the number of points in the range, not the table size.
 
 use std::collections::HashMap;
 
@@ -51,16 +52,16 @@ impl Aggregate {
     /// which counts every record (a string or boolean reading is a reading too).
     fn sql(self) -> &'static str {
         match self {
-            Aggregate::Avg => "avg(value)",
-            Aggregate::Min => "min(value)",
-            Aggregate::Max => "max(value)",
-            Aggregate::Sum => "sum(value)",
+            Aggregate::Avg => "avg(m.value)",
+            Aggregate::Min => "min(m.value)",
+            Aggregate::Max => "max(m.value)",
+            Aggregate::Sum => "sum(m.value)",
             Aggregate::Count => "count(*)::float8",
             Aggregate::First => {
-                "(array_agg(value ORDER BY time, id) FILTER (WHERE value IS NOT NULL))[1]"
+                "(array_agg(m.value ORDER BY m.time, m.id) FILTER (WHERE m.value IS NOT NULL))[1]"
             }
             Aggregate::Last => {
-                "(array_agg(value ORDER BY time DESC, id DESC) FILTER (WHERE value IS NOT NULL))[1]"
+                "(array_agg(m.value ORDER BY m.time DESC, m.id DESC) FILTER (WHERE m.value IS NOT NULL))[1]"
             }
         }
     }
@@ -89,10 +90,10 @@ pub async fn buckets(
     query: &SeriesQuery<'_>,
 ) -> Result<HashMap<String, Buckets>, sqlx::Error> {
     let sql = format!(
-        "SELECT name, date_bin($5, time, TIMESTAMPTZ 'epoch') AS bucket, {} AS value \
-         FROM measurements \
-         WHERE device_id = $1 AND name = ANY($2) AND time >= $3 AND time < $4 \
-         GROUP BY name, bucket ORDER BY name, bucket",
+        "SELECT s.name, date_bin($5, m.time, TIMESTAMPTZ 'epoch') AS bucket, {} AS value \
+         FROM series s JOIN measurements m ON m.series_id = s.id \
+         WHERE s.device_id = $1 AND s.name = ANY($2) AND m.time >= $3 AND m.time < $4 \
+         GROUP BY s.name, bucket ORDER BY s.name, bucket",
         query.aggregate.sql()
     );
     let rows: Vec<(String, DateTime<Utc>, Option<f64>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -111,7 +112,7 @@ pub async fn buckets(
 }
 
 /// The last numeric value of each name before `before`, to carry into the first empty
-/// buckets when filling with the previous value. One index probe per name.
+/// buckets when filling with the previous value. One index probe per series.
 pub async fn values_before(
     pool: &PgPool,
     device_id: i64,
@@ -119,9 +120,12 @@ pub async fn values_before(
     before: DateTime<Utc>,
 ) -> Result<HashMap<String, f64>, sqlx::Error> {
     let rows: Vec<(String, Option<f64>)> = sqlx::query_as(
-        "SELECT n, (SELECT value FROM measurements \
-                    WHERE device_id = $1 AND name = n AND time < $3 AND value IS NOT NULL \
-                    ORDER BY time DESC, id DESC LIMIT 1) \
+        "SELECT n, (SELECT l.value FROM series s CROSS JOIN LATERAL \
+                        (SELECT m.value, m.time, m.id FROM measurements m \
+                         WHERE m.series_id = s.id AND m.time < $3 AND m.value IS NOT NULL \
+                         ORDER BY m.time DESC, m.id DESC LIMIT 1) l \
+                    WHERE s.device_id = $1 AND s.name = n \
+                    ORDER BY l.time DESC, l.id DESC LIMIT 1) \
          FROM UNNEST($2::text[]) AS n",
     )
     .bind(device_id)
