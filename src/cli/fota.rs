@@ -33,7 +33,9 @@ pub async fn run(db_args: &DbArgs, command: FotaCommand) -> anyhow::Result<()> {
                 let list = campaigns::list(pool).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&list)?);
-                } else if list.is_empty() {
+                    return Ok(());
+                }
+                if list.is_empty() {
                     println!("No campaigns. Start one with: things-receiver fota start");
                 }
                 for c in &list {
