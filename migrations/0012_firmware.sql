@@ -65,3 +65,18 @@ CREATE INDEX fota_targets_message_idx ON fota_targets (notified_message_id)
     WHERE notified_message_id IS NOT NULL;
 CREATE INDEX fota_targets_progress_idx ON fota_targets (progress_at)
     WHERE state IN ('pending', 'notified', 'downloading', 'downloaded');
+
+-- Every process caches what its file server reads of a download; a cancellation must reach
+-- them at once: the target's id, or '' for a whole campaign.
+CREATE FUNCTION notify_fota_cancelled() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('things_fota_cancelled', CASE TG_TABLE_NAME
+        WHEN 'fota_targets' THEN NEW.id::text ELSE '' END);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER fota_targets_cancelled AFTER UPDATE OF state ON fota_targets
+    FOR EACH ROW WHEN (NEW.state = 'cancelled' AND OLD.state <> 'cancelled')
+    EXECUTE FUNCTION notify_fota_cancelled();
+CREATE TRIGGER fota_campaigns_cancelled AFTER UPDATE OF cancelled_at ON fota_campaigns
+    FOR EACH ROW WHEN (NEW.cancelled_at IS NOT NULL AND OLD.cancelled_at IS NULL)
+    EXECUTE FUNCTION notify_fota_cancelled();

@@ -1,9 +1,10 @@
 //! The file server devices download firmware from: `GET /f/v1/{uuid}` (and `HEAD`), on the
 //! main listener and on the plain device listener, as KPN's FOTA document describes it.
 //!
-//! Per request: one read of the download by primary key (its token hash, state and part
-//! count: what the answer and the part limit need), the image from the process's cache, and
-//! the served range recorded in memory for the next batched progress write. Unknown uuid
+//! Per request: the download (its token hash, state and part count: what the answer and the
+//! part limit need) from the process's cache (`downloads`, read again every 2 s and dropped at
+//! once on a cancellation), the image from the image cache, and the served range recorded in
+//! memory for the next batched progress write: no database access per part. Unknown uuid
 //! 404; missing or wrong bearer token 401 (constant-time comparison of hashes); cancelled
 //! 410; past [`MAX_PARTS`](super::MAX_PARTS) parts 429. Every answer carries `Accept-Ranges`,
 //! a strong `ETag` (the SHA-256), `Repr-Digest` of the whole image and `Digest: crc32=` of
@@ -17,19 +18,20 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::cache::{Image, ImageCache};
+use super::downloads::DownloadCache;
 use super::progress::Progress;
 use super::range::{self, Answer};
 use super::{MAX_PARTS, token};
 use crate::error::{AppError, PlainText};
 
-/// What the file server needs: the pool, the image cache, the progress gathered in memory.
+/// What the file server needs: the download and image caches, the progress gathered in
+/// memory.
 #[derive(Clone)]
 pub struct FileServer {
-    pub pool: PgPool,
+    pub downloads: Arc<DownloadCache>,
     pub images: Arc<ImageCache>,
     pub progress: Arc<Progress>,
 }
@@ -68,7 +70,10 @@ async fn answer(
 ) -> Result<Response, AppError> {
     let unknown = || AppError::NotFound("firmware download".into());
     let id: Uuid = id.parse().map_err(|_| unknown())?;
-    let download = crate::store::fota::download(&files.pool, id)
+    // The part count read (or cached) counts every part this process had written by then.
+    let (download, written_at_read) = files
+        .downloads
+        .get(id, || files.progress.counts(id).1)
         .await?
         .ok_or_else(unknown)?;
     let presented = bearer(headers).unwrap_or("");
@@ -80,7 +85,8 @@ async fn answer(
         _ => return Err(AppError::Gone("this firmware download was cancelled")),
     };
     let serving = method != Method::HEAD;
-    if serving && i64::from(download.parts) + files.progress.unwritten_parts(id) >= MAX_PARTS {
+    let served_since = files.progress.counts(id).0 - written_at_read;
+    if serving && i64::from(download.parts) + served_since >= MAX_PARTS {
         return Err(AppError::TooManyParts(MAX_PARTS));
     }
     let image = files

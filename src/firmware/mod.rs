@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod campaigns;
+pub mod downloads;
 pub mod files;
 pub mod http;
 pub mod notification;

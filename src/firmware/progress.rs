@@ -30,6 +30,9 @@ struct Delta {
 #[derive(Default)]
 pub struct Progress {
     pending: Mutex<HashMap<Uuid, Delta>>,
+    /// Per download, parts this process served and parts of those whose write committed
+    /// (both only grow), so that the part limit can be checked against a cached count.
+    counts: Mutex<HashMap<Uuid, (i64, i64)>>,
 }
 
 impl Progress {
@@ -48,6 +51,9 @@ impl Progress {
         });
         delta.parts += 1;
         delta.bytes += (end - start) as i64;
+        if let Ok(mut counts) = self.counts.lock() {
+            counts.entry(id).or_default().0 += 1;
+        }
         delta.last_at = now;
         match delta.ranges.last_mut() {
             // Sequential parts, the usual case, stay one range.
@@ -56,13 +62,13 @@ impl Progress {
         }
     }
 
-    /// Parts served for `id` and not written yet.
-    pub fn unwritten_parts(&self, id: Uuid) -> i64 {
-        self.pending
+    /// Parts of `id` this process served, and how many of those are known written.
+    pub fn counts(&self, id: Uuid) -> (i64, i64) {
+        self.counts
             .lock()
             .ok()
-            .and_then(|p| p.get(&id).map(|d| i64::from(d.parts)))
-            .unwrap_or(0)
+            .and_then(|c| c.get(&id).copied())
+            .unwrap_or((0, 0))
     }
 
     /// Writes what was gathered; on failure keeps it for the next attempt.
@@ -86,6 +92,13 @@ impl Progress {
             })
             .collect();
         let result = fota::add_progress(pool, &deltas).await;
+        if result.is_ok()
+            && let Ok(mut counts) = self.counts.lock()
+        {
+            for d in &deltas {
+                counts.entry(d.id).or_default().1 += i64::from(d.parts);
+            }
+        }
         if result.is_err()
             && let Ok(mut pending) = self.pending.lock()
         {
@@ -161,7 +174,7 @@ mod tests {
         for n in 0..10 {
             progress.record(id, n * 256, (n + 1) * 256);
         }
-        assert_eq!(progress.unwritten_parts(id), 10);
+        assert_eq!(progress.counts(id), (10, 0));
         let pending = progress.pending.lock().unwrap();
         assert_eq!(pending[&id].ranges, vec![(0, 2560)]);
         assert_eq!(pending[&id].bytes, 2560);

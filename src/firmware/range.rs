@@ -19,6 +19,10 @@ pub fn answer(header: Option<&str>, total: u64) -> Answer {
     let Some(header) = header else {
         return Answer::Whole;
     };
+    if total == 0 {
+        // Images are never empty; should one be, no range of it exists.
+        return Answer::Unsatisfiable;
+    }
     let Some(spec) = strip_unit(header.trim()) else {
         return Answer::Whole;
     };
@@ -222,6 +226,12 @@ mod tests {
                 last: 19
             }
         );
+    }
+
+    #[test]
+    fn an_empty_image_has_no_range() {
+        assert_eq!(answer(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(answer(Some("bytes=-1"), 0), Unsatisfiable);
     }
 
     #[test]

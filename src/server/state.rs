@@ -53,8 +53,12 @@ pub(super) fn build(
     let spool = Spool::open(&spool_dir, args.spool_max as u64)
         .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
     spool.spawn_replayer(writer.clone(), database.pool.clone(), tasks.clone());
+    let downloads = Arc::new(crate::firmware::downloads::DownloadCache::new(
+        database.pool.clone(),
+    ));
+    downloads.clone().spawn_listener(tasks.clone());
     let files = crate::firmware::http::FileServer {
-        pool: database.pool.clone(),
+        downloads,
         images: Arc::new(crate::firmware::cache::ImageCache::new(
             database.pool.clone(),
             crate::firmware::cache::CACHE_BYTES,
