@@ -183,6 +183,9 @@ async fn run(
 }
 
 /// Requests per second and connections opened over `duration` on `connections` connections.
+/// Parts one connection asks for at most: its download's limit is 19,999.
+const MAX_PER_CONNECTION: usize = 19_000;
+
 /// Over raw TCP to the plain device listener, one connection per `(path, token)` at a time.
 async fn scenario(
     addr: &str,
@@ -199,7 +202,7 @@ async fn scenario(
             let mut done = 0usize;
             let mut opened = 0usize;
             let mut offset = n * 7919 % IMAGE;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && done < MAX_PER_CONNECTION {
                 let mut stream = AsyncBufReader::new(TcpStream::connect(&addr).await?);
                 opened += 1;
                 loop {
@@ -220,7 +223,7 @@ async fn scenario(
                         );
                     }
                     done += 1;
-                    if close || Instant::now() >= deadline {
+                    if close || Instant::now() >= deadline || done >= MAX_PER_CONNECTION {
                         break;
                     }
                 }
@@ -302,7 +305,7 @@ impl TlsTarget {
             tasks.push(tokio::spawn(async move {
                 let (mut done, mut opened) = (0usize, 1usize);
                 let mut offset = n * 7919 % IMAGE;
-                while Instant::now() < deadline {
+                while Instant::now() < deadline && done < MAX_PER_CONNECTION {
                     let mut request = client.get(&url).bearer_auth(&token);
                     if let Some(p) = part {
                         offset = (offset + p) % IMAGE;
