@@ -101,8 +101,13 @@ impl DownloadCache {
                 channels: &[CHANNEL],
                 idle: None,
             };
-            let pool = self.pool.clone();
-            listen::listen(&pool, what, &mut Follower(&self), &shutdown).await;
+            // A connection of its own, held for ever: it must not take one of the
+            // `--db-pool` connections ingestion and the API count on.
+            let own = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with((*self.pool.connect_options()).clone());
+            listen::listen(&own, what, &mut Follower(&self), &shutdown).await;
+            own.close().await;
         });
     }
 }
