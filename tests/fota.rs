@@ -397,6 +397,27 @@ async fn a_whole_update_over_the_plain_device_listener() {
     assert_eq!(updated["counts"]["updated"], 1);
     // A finished campaign no longer holds its image.
     env.cli_ok(&["firmware", "remove", "2.0.0"]);
+
+    // Every part is counted, and every byte served.
+    let reader = env.api_key("metrics", "read");
+    let metrics = client
+        .get(server.url("/metrics"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(value("things_fota_answers_total{status=\"206\"}"), 236.0);
+    assert_eq!(value("things_fota_bytes_total"), 60_000.0);
     drop(server);
 }
 

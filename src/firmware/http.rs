@@ -56,10 +56,22 @@ async fn serve(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match answer(&files, &method, &id, &headers).await {
+    let response = match answer(&files, &method, &id, &headers).await {
         Ok(response) => response,
         Err(e) => PlainText(e).into_response(),
+    };
+    let status = response.status();
+    metrics::counter!("things_fota_answers_total", "status" => status.as_u16().to_string())
+        .increment(1);
+    if status.is_success() && method != Method::HEAD {
+        let bytes = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        metrics::counter!("things_fota_bytes_total").increment(bytes);
     }
+    response
 }
 
 async fn answer(
