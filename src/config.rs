@@ -83,6 +83,12 @@ pub enum Command {
     /// Check an endpoint the way KPN Things will reach it: scheme, port, DNS, certificate,
     /// protocols and suites, and (with --plug and --secret) a signed probe delivery.
     Doctor(DoctorArgs),
+    /// Store, list and remove firmware images for updates over the air.
+    #[command(subcommand)]
+    Firmware(FirmwareCommand),
+    /// Start, follow and cancel firmware campaigns for registered devices.
+    #[command(subcommand)]
+    Fota(FotaCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -164,6 +170,15 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub downlink: DownlinkArgs,
     #[command(flatten)]
+    pub fota: FotaArgs,
+    /// Largest firmware image `POST /api/v1/firmware` accepts (e.g. 16MiB).
+    #[arg(long, env = "THINGS_MAX_FIRMWARE", default_value = "16MiB", value_parser = parse_size)]
+    pub max_firmware: usize,
+    /// A device that makes no progress in its campaign (no transition, no part downloaded)
+    /// for this long is marked failed, so a silent device cannot stall a campaign.
+    #[arg(long, env = "THINGS_FOTA_TIMEOUT", default_value = "7d", value_parser = parse_duration)]
+    pub fota_timeout: Duration,
+    #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
     pub acme: AcmeArgs,
@@ -241,6 +256,19 @@ pub struct DownlinkArgs {
     /// it expires (KPN drops SMS downlinks after 48 hours); a request's `ttl` overrides it.
     #[arg(long, env = "THINGS_DOWNLINK_TTL", default_value = "48h", value_parser = parse_duration)]
     pub downlink_ttl: Duration,
+}
+
+/// What a firmware campaign is started with, by `serve`'s API and by `fota start` alike.
+#[derive(Debug, Clone, Args)]
+pub struct FotaArgs {
+    /// The base URL devices download firmware from, as they reach this server (through NAT
+    /// or KPN's APN), e.g. http://10.0.0.5:8080; the notification names `<base>/f/v1/<uuid>`.
+    /// Campaigns cannot start without it.
+    #[arg(long, env = "THINGS_FOTA_BASE_URL")]
+    pub fota_base_url: Option<String>,
+    /// The SenML record (string value) in which devices report their firmware version.
+    #[arg(long, env = "THINGS_FOTA_VERSION_NAME", default_value = crate::firmware::DEFAULT_VERSION_NAME)]
+    pub fota_version_name: String,
 }
 
 /// Automatic certificates by ACME TLS-ALPN-01 on the serving port.
@@ -491,6 +519,67 @@ pub enum DownlinksCommand {
     },
     /// Cancel a downlink that has not been sent yet.
     Cancel { id: uuid::Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirmwareCommand {
+    /// Store a firmware image (immutable; its size, SHA-256 and CRC-32 are computed now).
+    Add {
+        /// The image file.
+        file: PathBuf,
+        /// Its version, as devices report it (e.g. 1.2.0).
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Refuse the file unless its SHA-256 is this (hex).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Largest accepted image.
+        #[arg(long, env = "THINGS_MAX_FIRMWARE", default_value = "16MiB", value_parser = parse_size)]
+        max_firmware: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List firmware images.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a firmware image no unfinished campaign uses.
+    Remove { version: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FotaCommand {
+    /// Start a campaign: set the desired firmware of registered devices.
+    Start {
+        /// The firmware version to install.
+        #[arg(long)]
+        firmware: String,
+        /// A registered device (repeatable).
+        #[arg(long = "device", required = true)]
+        devices: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        fota: FotaArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a campaign: counts per state and each device.
+    Status {
+        campaign: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List campaigns.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a campaign: devices not yet updated are cancelled and their downloads end.
+    Cancel { campaign: uuid::Uuid },
 }
 
 #[derive(Debug, Args)]

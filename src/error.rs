@@ -66,6 +66,15 @@ pub enum AppError {
     /// The client did not send its whole request within `--request-timeout`.
     #[error("the request was not received in time")]
     RequestTimeout,
+    /// A firmware download without its bearer token, or with another one.
+    #[error("missing or wrong bearer token for this download")]
+    DownloadNotAuthorized,
+    /// What was there is no more, for good (a cancelled download).
+    #[error("{0}")]
+    Gone(&'static str),
+    /// A download past KPN's limit of parts.
+    #[error("at most {0} parts per download; download larger parts")]
+    TooManyParts(i64),
 }
 
 /// An error answered as one line of plain text instead of JSON, with the same status and
@@ -146,6 +155,9 @@ impl AppError {
             ),
             AppError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
             AppError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            AppError::DownloadNotAuthorized => (StatusCode::UNAUTHORIZED, "not_authorized"),
+            AppError::Gone(_) => (StatusCode::GONE, "gone"),
+            AppError::TooManyParts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_parts"),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod doctor;
 pub mod downlink;
 pub mod error;
+pub mod firmware;
 pub mod hardening;
 pub mod ingest;
 pub mod kpn;

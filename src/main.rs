@@ -30,6 +30,10 @@ fn main() -> ExitCode {
             Command::Send(send) => cli::send::run(send).await,
             Command::Downlinks(command) => cli::downlinks::run(&args.db, command).await,
             Command::Doctor(doctor) => cli::doctor::run(doctor).await,
+            Command::Firmware(command) => {
+                cli::firmware::run(&args.db, command).await.map(|()| true)
+            }
+            Command::Fota(command) => cli::fota::run(&args.db, command).await.map(|()| true),
         }
     });
     match result {

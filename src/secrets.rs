@@ -55,6 +55,9 @@ pub struct SealError;
 #[derive(Clone)]
 pub struct SecretKey {
     cipher: XChaCha20Poly1305,
+    /// A key for deriving values (HMAC-SHA-256), itself derived from the sealing key so that
+    /// no value derived with it can reveal or be confused with the sealing key.
+    derive: [u8; 32],
     origin: String,
 }
 
@@ -121,8 +124,20 @@ impl SecretKey {
     fn from_bytes(key: &[u8; 32], origin: String) -> Self {
         SecretKey {
             cipher: XChaCha20Poly1305::new(key.into()),
+            derive: hmac_sha256(key, b"things-receiver derivation key"),
             origin,
         }
+    }
+
+    /// A value only holders of this key can compute from `input` (HMAC-SHA-256 under a key
+    /// derived from this one): for secrets that need not be stored because every process
+    /// and command holding the key can compute them again, such as firmware download tokens.
+    pub fn derive(&self, purpose: &str, input: &[u8]) -> [u8; 32] {
+        let mut message = Vec::with_capacity(purpose.len() + 1 + input.len());
+        message.extend_from_slice(purpose.as_bytes());
+        message.push(0);
+        message.extend_from_slice(input);
+        hmac_sha256(&self.derive, &message)
     }
 
     /// Where the key came from, for error messages (never the key itself).
@@ -264,6 +279,20 @@ pub fn random_alphanumeric(len: usize) -> String {
         .collect()
 }
 
+/// HMAC-SHA-256 (RFC 2104) over `sha2`, the hash already in use here.
+fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut inner = Sha256::new();
+    let mut outer = Sha256::new();
+    let mut pad = [0u8; 64];
+    pad[..32].copy_from_slice(key);
+    inner.update(pad.map(|b| b ^ 0x36));
+    outer.update(pad.map(|b| b ^ 0x5c));
+    inner.update(message);
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +355,16 @@ mod tests {
             SecretKey::load(None, &dir.path().join("missing"), false),
             Err(KeyError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 1: a 20-byte key is zero-padded to the block like any short key.
+        let mut key = [0u8; 32];
+        key[..20].copy_from_slice(&[0x0b; 20]);
+        assert_eq!(
+            hex::encode(hmac_sha256(&key, b"Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
     }
 }

@@ -31,6 +31,7 @@ use utoipa::openapi::{ContentBuilder, Ref, Response, ResponseBuilder};
         (name = "messages", description = "Accepted deliveries as received"),
         (name = "downlinks", description = "Commands for devices, sent through KPN (scope downlink)"),
         (name = "admin", description = "Destinations, API keys and device registrations (scope admin)"),
+        (name = "firmware", description = "Firmware images and update campaigns (scope admin)"),
     )
 )]
 pub struct ApiDoc;
@@ -59,13 +60,14 @@ impl Modify for BearerKey {
 pub struct SharedErrors;
 
 /// The scope each tag's operations require, named in their 403.
-const SCOPE_OF_TAG: [(&str, &str); 6] = [
+const SCOPE_OF_TAG: [(&str, &str); 7] = [
     ("devices", "read"),
     ("series", "read"),
     ("measurements", "read"),
     ("messages", "read"),
     ("downlinks", "downlink"),
     ("admin", "admin"),
+    ("firmware", "admin"),
 ];
 
 impl Modify for SharedErrors {

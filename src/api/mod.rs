@@ -2,11 +2,13 @@
 //! and the admin operations.
 
 pub mod admin;
+pub mod campaigns;
 pub mod cursor;
 pub mod devices;
 pub mod docs;
 pub mod downlinks;
 pub mod export;
+pub mod firmware;
 pub mod measurements;
 pub mod messages;
 pub mod page;
@@ -40,6 +42,26 @@ pub struct ApiSettings {
     pub downlinks_enabled: bool,
     /// How long a downlink for a registered device waits for an uplink by default.
     pub downlink_ttl: std::time::Duration,
+    /// What firmware uploads and campaigns started through the API get.
+    pub fota: FotaSettings,
+}
+
+/// `--max-firmware`, `--fota-base-url` and `--fota-version-name`.
+#[derive(Clone, Debug)]
+pub struct FotaSettings {
+    pub max_firmware: usize,
+    pub base_url: Option<String>,
+    pub version_name: String,
+}
+
+impl Default for FotaSettings {
+    fn default() -> Self {
+        FotaSettings {
+            max_firmware: 16 * 1024 * 1024,
+            base_url: None,
+            version_name: crate::firmware::DEFAULT_VERSION_NAME.into(),
+        }
+    }
 }
 
 impl ApiSettings {
@@ -54,6 +76,7 @@ impl ApiSettings {
             stream_pool,
             downlinks_enabled,
             downlink_ttl,
+            fota: FotaSettings::default(),
         }
     }
 }
@@ -89,6 +112,11 @@ where
         .routes(routes!(downlinks::queue))
         .routes(routes!(downlinks::list))
         .routes(routes!(downlinks::show, downlinks::cancel))
+        .routes(routes!(firmware::list, firmware::add))
+        .routes(routes!(firmware::remove))
+        .routes(routes!(campaigns::list, campaigns::start))
+        .routes(routes!(campaigns::get))
+        .routes(routes!(campaigns::cancel))
 }
 
 /// The routes under `/api/v1`, with the OpenAPI document (`/openapi.json`) made from them.

@@ -6,6 +6,8 @@ pub mod destinations;
 pub mod devices;
 pub mod doctor;
 pub mod downlinks;
+pub mod firmware;
+pub mod fota;
 pub mod send;
 
 use crate::config::DbArgs;

@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 pub use idle::{Activity, Guarded};
-pub use request::HttpGuard;
+pub use request::{HttpGuard, RequestCap};
 
 use per_ip::PerIpLimit;
 use refusals::RefusalLog;
@@ -39,6 +39,8 @@ pub struct ConnectionLimits {
     pub max_connections_per_ip: usize,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
+    /// Requests under a path one connection may carry before its answer closes it.
+    pub request_cap: Option<RequestCap>,
 }
 
 /// Limits every accepted connection; the inner acceptor of the TLS acceptor.
@@ -87,7 +89,12 @@ impl GuardAcceptor {
             activity.clone(),
             self.limits.idle_timeout,
         );
-        let service = HttpGuard::new(service, activity, self.limits.request_timeout);
+        let service = HttpGuard::new(
+            service,
+            activity,
+            self.limits.request_timeout,
+            self.limits.request_cap,
+        );
         Ok((stream, service))
     }
 }

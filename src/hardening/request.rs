@@ -7,11 +7,15 @@
 //! connection, whose unread body cannot be skipped). Once the request is in, the deadline no
 //! longer applies: the handler and a long response (an SSE stream, an export) run as long as
 //! they need, the idle timer watching that the client keeps reading.
+//!
+//! It also counts, per connection, the requests under [`RequestCap::prefix`]: the one that
+//! reaches [`RequestCap::max`] is answered with `Connection: close` (HTTP/1.1), after which
+//! hyper closes the connection, as KPN's firmware file server does after 100 requests.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,21 +30,49 @@ use tower::Service;
 use super::idle::{Activity, Busy};
 use crate::error::AppError;
 
+/// The requests under a path prefix that one connection may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestCap {
+    pub prefix: &'static str,
+    pub max: u32,
+}
+
 /// Wraps the application service of one connection.
 #[derive(Clone)]
 pub struct HttpGuard<S> {
     inner: S,
     activity: Arc<Activity>,
     request_timeout: Duration,
+    cap: Option<RequestCap>,
+    /// Requests under the cap's prefix so far, shared by the clones serving this connection.
+    capped: Arc<AtomicU32>,
 }
 
 impl<S> HttpGuard<S> {
-    pub(super) fn new(inner: S, activity: Arc<Activity>, request_timeout: Duration) -> Self {
+    pub(super) fn new(
+        inner: S,
+        activity: Arc<Activity>,
+        request_timeout: Duration,
+        cap: Option<RequestCap>,
+    ) -> Self {
         HttpGuard {
             inner,
             activity,
             request_timeout,
+            cap,
+            capped: Arc::default(),
         }
+    }
+
+    /// Whether this request is the one that reaches the cap (or later), so its answer closes.
+    fn closes<B>(&self, request: &Request<B>) -> bool {
+        let Some(cap) = self.cap else {
+            return false;
+        };
+        if request.version() >= Version::HTTP_2 || !request.uri().path().starts_with(cap.prefix) {
+            return false;
+        }
+        self.capped.fetch_add(1, Ordering::Relaxed) + 1 >= cap.max
     }
 }
 
@@ -65,6 +97,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let busy = self.activity.busy();
         let version = request.version();
+        let closes = self.closes(&request);
         let received = Arc::new(AtomicBool::new(false));
         let request = request.map(|body| Body::new(Received::new(body, received.clone())));
         // The clone that was made ready is the one to call.
@@ -86,7 +119,13 @@ where
                     }
                 }
             };
-            Ok(response?.map(|body| Body::new(Tracked::new(body, busy))))
+            let mut response = response?;
+            if closes {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response.map(|body| Body::new(Tracked::new(body, busy))))
         })
     }
 }

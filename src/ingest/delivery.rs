@@ -10,7 +10,8 @@
 use crate::senml;
 
 pub use crate::store::deliveries::{
-    Delivery, DeviceDoor, DeviceReply, RawDelivery, Receipt, ReplyDownlink, Sender, StoreOutcome,
+    Delivery, DeviceDoor, DeviceReply, FotaNotice, RawDelivery, Receipt, ReplyDownlink, Sender,
+    StoreOutcome,
 };
 
 impl Delivery {

@@ -38,6 +38,7 @@ impl DeviceListener {
             max_connections_per_ip: limits.max_connections_per_ip as usize,
             idle_timeout: limits.idle_timeout,
             request_timeout: limits.request_timeout,
+            request_cap: Some(super::http::file_request_cap()),
         });
         let handle: Handle<SocketAddr> = Handle::new();
         let server = axum_server::Server::<SocketAddr>::from_listener(listener).acceptor(guard);

@@ -5,7 +5,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::LimitArgs;
-use crate::hardening::LimitReached;
+use crate::hardening::{LimitReached, RequestCap};
+
+/// On either listener, as KPN's firmware file server: the 100th file request on one
+/// connection is answered with `Connection: close`.
+pub(super) fn file_request_cap() -> RequestCap {
+    RequestCap {
+        prefix: crate::firmware::FILE_PATH_PREFIX,
+        max: crate::firmware::MAX_REQUESTS_PER_CONNECTION,
+    }
+}
 
 /// Streams one HTTP/2 connection may have open at once; more are refused (REFUSED_STREAM)
 /// and well-behaved clients queue them. KPN delivers over few connections with few

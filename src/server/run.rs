@@ -98,6 +98,8 @@ pub async fn run(
             &tasks,
         )?;
         let live = wired.state.live.clone();
+        let files = wired.state.files.clone();
+        spawn_fota_timeout(database.pool.clone(), args.fota_timeout, tasks.clone());
         let metrics_bound = match args.metrics_listen {
             Some(addr) => Some(
                 crate::web::metrics::spawn_listener(addr, wired.state.clone(), tasks.clone())
@@ -125,6 +127,7 @@ pub async fn run(
                     max_connections_per_ip: limits.max_connections_per_ip as usize,
                     idle_timeout: limits.idle_timeout,
                     request_timeout: limits.request_timeout,
+                    request_cap: Some(super::http::file_request_cap()),
                 });
                 let server = axum_server::Server::<SocketAddr>::from_listener(listener);
                 match rustls_config {
@@ -195,6 +198,10 @@ pub async fn run(
         }
         wired.writer_task.finish().await;
         tasks.cancel();
+        // The progress of the last parts served, which the periodic writer may have missed.
+        if let Err(e) = files.progress.flush(&database.pool).await {
+            tracing::warn!(error = %e, "cannot write the last firmware download progress");
+        }
         if let Some(worker) = downlink_worker {
             // It settles the downlinks it holds (each call is bounded by --kpn-timeout).
             let _ = worker.task.await;
@@ -224,6 +231,31 @@ fn spawn_downlink_expiry(pool: sqlx::PgPool, shutdown: CancellationToken) {
             }
             if let Err(e) = device_uplinks::prune(&pool).await {
                 tracing::warn!(error = %e, "cannot prune old device uplink tokens");
+            }
+        }
+    });
+}
+
+/// Marks failed the campaign devices that made no progress for `timeout`: every minute, or
+/// more often for a short timeout, so a device is failed within a quarter of it late.
+fn spawn_fota_timeout(pool: sqlx::PgPool, timeout: Duration, shutdown: CancellationToken) {
+    let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match crate::store::fota::fail_stalled(&pool, timeout).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(devices = n, "firmware campaign devices failed: no progress")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check firmware campaigns for timeouts")
+                }
             }
         }
     });

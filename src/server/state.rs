@@ -53,6 +53,33 @@ pub(super) fn build(
     let spool = Spool::open(&spool_dir, args.spool_max as u64)
         .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
     spool.spawn_replayer(writer.clone(), database.pool.clone(), tasks.clone());
+    let downloads = Arc::new(crate::firmware::downloads::DownloadCache::new(
+        database.pool.clone(),
+    ));
+    downloads.clone().spawn_listener(tasks.clone());
+    let files = crate::firmware::http::FileServer {
+        downloads,
+        images: Arc::new(crate::firmware::cache::ImageCache::new(
+            database.pool.clone(),
+            crate::firmware::cache::CACHE_BYTES,
+        )),
+        progress: Arc::default(),
+    };
+    files
+        .progress
+        .clone()
+        .spawn_writer(database.pool.clone(), tasks.clone());
+    let mut api = crate::api::ApiSettings::new(
+        args.max_series_points,
+        database.stream_pool.clone(),
+        downlink_worker.is_some(),
+        args.downlink.downlink_ttl,
+    );
+    api.fota = crate::api::FotaSettings {
+        max_firmware: args.max_firmware,
+        base_url: args.fota.fota_base_url.clone(),
+        version_name: args.fota.fota_version_name.clone(),
+    };
     let live = Arc::new(crate::live::LiveHub::default());
     live.clone()
         .spawn_listener(database.stream_pool.clone(), tasks.clone());
@@ -73,12 +100,7 @@ pub(super) fn build(
             limiter: Arc::default(),
         },
         live,
-        api: crate::api::ApiSettings::new(
-            args.max_series_points,
-            database.stream_pool.clone(),
-            downlink_worker.is_some(),
-            args.downlink.downlink_ttl,
-        ),
+        api,
         admin: crate::api::admin::AdminState {
             key: key.clone(),
             secrets: senders.destinations.clone(),
@@ -86,6 +108,8 @@ pub(super) fn build(
         },
         metrics: crate::metrics::install(),
         downlink_worker: downlink_worker.map(|w| w.health.clone()),
+        files,
+        notifier: crate::firmware::notification::Notifier { key: key.clone() },
     };
     Ok(Wired { state, writer_task })
 }

@@ -14,19 +14,23 @@ use std::collections::HashMap;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::deliveries::{Delivery, DeviceReply, ReplyDownlink, Sender, StoreOutcome};
+use super::deliveries::{Delivery, DeviceReply, FotaNotice, ReplyDownlink, Sender, StoreOutcome};
 
 /// One reply per delivery of `batch` (`None` for those that answer no device), given the
-/// outcomes the batch's messages got.
+/// outcomes the batch's messages got. A delivery whose answer carries a firmware notification
+/// (`notices`) takes no downlink, since an answer carries one pack: it only counts them.
 pub(super) async fn replies(
     tx: &mut PgConnection,
     batch: &[Delivery],
     outcomes: &[StoreOutcome],
+    notices: &[Option<FotaNotice>],
 ) -> Result<Vec<Option<DeviceReply>>, sqlx::Error> {
     let mut replies: Vec<Option<DeviceReply>> = vec![None; batch.len()];
     // (index, registration, message id) of new uplinks; (index, registration, token) of retries.
     let mut new = Vec::new();
     let mut retries = Vec::new();
+    // (index, registration) of answers that carry a notification and only count.
+    let mut counting = Vec::new();
     for (i, (delivery, outcome)) in batch.iter().zip(outcomes).enumerate() {
         let Sender::Device { key_id, .. } = &delivery.raw.sender else {
             continue;
@@ -35,6 +39,10 @@ pub(super) async fn replies(
             continue;
         }
         replies[i] = Some(DeviceReply::default());
+        if notices.get(i).is_some_and(Option::is_some) {
+            counting.push((i, *key_id));
+            continue;
+        }
         match outcome {
             StoreOutcome::Stored { message_id } | StoreOutcome::Quarantined { message_id } => {
                 new.push((i, *key_id, *message_id))
@@ -42,7 +50,7 @@ pub(super) async fn replies(
             StoreOutcome::Duplicate => retries.push((i, *key_id, delivery.raw.token.0)),
         }
     }
-    if new.is_empty() && retries.is_empty() {
+    if new.is_empty() && retries.is_empty() && counting.is_empty() {
         return Ok(replies);
     }
 
@@ -53,6 +61,7 @@ pub(super) async fn replies(
         .iter()
         .copied()
         .chain(retries.iter().map(|(_, k, _)| *k))
+        .chain(counting.iter().map(|(_, k)| *k))
         .collect();
     answering.sort_unstable();
     answering.dedup();
@@ -76,6 +85,9 @@ pub(super) async fn replies(
         set_pending(&mut replies[*i], round.pending(key));
     }
     for (i, key, _) in &retries {
+        set_pending(&mut replies[*i], round.pending(key));
+    }
+    for (i, key) in &counting {
         set_pending(&mut replies[*i], round.pending(key));
     }
     Ok(replies)

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::senml::{Measurement, device_key, device_kind};
 use crate::token::Token;
 
-use super::{answer_downlinks, device_uplinks};
+use super::{answer_downlinks, device_uplinks, fota_answers};
 
 /// Who signed a delivery, which is also what tells a retry from a new delivery: the same
 /// sender and the same token.
@@ -117,6 +117,20 @@ pub struct DeviceReply {
     pub downlink: Option<ReplyDownlink>,
     /// How many more downlinks wait for the device.
     pub pending: i64,
+    /// The firmware notification that rides on this answer instead of a downlink (the same
+    /// one again for a retry).
+    pub fota: Option<FotaNotice>,
+}
+
+/// A firmware download a device is told of: the answer carries its URL and token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FotaNotice {
+    /// The target, whose id is the URL's UUID.
+    pub target: Uuid,
+    /// The device's URN as registered, the pack's `bn`.
+    pub urn: String,
+    /// The campaign's base URL of the file server.
+    pub base_url: String,
 }
 
 /// A downlink delivered in an answer: its id and its SenML pack, exactly as queued.
@@ -220,7 +234,13 @@ pub async fn store_batch(
     if !new_messages.is_empty() {
         super::series_write::write(&mut tx, &new_messages, &device_ids).await?;
     }
-    let replies = answer_downlinks::replies(&mut tx, batch, &outcomes).await?;
+    let notices = fota_answers::apply(&mut tx, batch, &outcomes).await?;
+    let mut replies = answer_downlinks::replies(&mut tx, batch, &outcomes, &notices).await?;
+    for (reply, notice) in replies.iter_mut().zip(notices) {
+        if let (Some(reply), Some(notice)) = (reply, notice) {
+            reply.fota = Some(notice);
+        }
+    }
     tx.commit().await?;
     Ok(outcomes
         .into_iter()

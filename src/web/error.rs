@@ -12,6 +12,7 @@ use crate::admin::AdminError;
 use crate::downlink::outbox::OutboxError;
 use crate::downlink::request::RequestError;
 use crate::error::{AppError, PlainText, RETRY_AFTER_SECONDS};
+use crate::firmware::FirmwareError;
 use crate::ingest::pipeline::PipelineError;
 
 impl From<sqlx::Error> for AppError {
@@ -49,6 +50,19 @@ impl From<OutboxError> for AppError {
                 AppError::Conflict(e.to_string())
             }
             OutboxError::Database(e) => AppError::from(e),
+        }
+    }
+}
+
+impl From<FirmwareError> for AppError {
+    fn from(error: FirmwareError) -> Self {
+        match error {
+            FirmwareError::Invalid(reason) => AppError::unprocessable(reason),
+            FirmwareError::TooLarge(limit) => AppError::PayloadTooLarge(limit),
+            FirmwareError::NotFound(what) => AppError::NotFound(what.into()),
+            FirmwareError::Conflict(reason) => AppError::Conflict(reason),
+            FirmwareError::NotConfigured(why) => AppError::NotConfigured(why),
+            FirmwareError::Database(e) => AppError::from(e),
         }
     }
 }
@@ -100,7 +114,7 @@ fn answer(error: AppError, body: Response) -> Response {
         AppError::Overloaded => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
         }
-        AppError::Unauthenticated => {
+        AppError::Unauthenticated | AppError::DownloadNotAuthorized => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         AppError::TooManyAttempts(seconds) => {

@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
     // The doors read their bodies themselves, under their limits, once the head is checked.
     let routes = Router::new()
         .merge(crate::ingest::doors::routes())
+        .merge(crate::firmware::http::routes())
         .nest("/api/v1", crate::api::routes())
         .route("/metrics", get(metrics::render))
         .merge(crate::api::docs::router())
@@ -35,10 +36,12 @@ pub fn router(state: AppState) -> Router {
     shared_layers(routes).with_state(state)
 }
 
-/// What the plain-HTTP device listener serves: the device doors and nothing else (no API, no
-/// console, no KPN destination door), so exposing it to a private APN exposes only them.
+/// What the plain-HTTP device listener serves: the device doors and the firmware file server,
+/// nothing else (no API, no console, no KPN destination door), so exposing it to a private
+/// APN exposes only them.
 pub fn device_router(state: AppState) -> Router {
-    shared_layers(crate::ingest::doors::device_routes()).with_state(state)
+    let routes = crate::ingest::doors::device_routes().merge(crate::firmware::http::routes());
+    shared_layers(routes).with_state(state)
 }
 
 /// The layers every request shares, on either listener.

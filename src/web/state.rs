@@ -12,6 +12,8 @@ use sqlx::PgPool;
 use crate::api::ApiSettings;
 use crate::api::admin::AdminState;
 use crate::downlink::supervisor::WorkerHealth;
+use crate::firmware::http::FileServer;
+use crate::firmware::notification::Notifier;
 use crate::ingest::IngestState;
 use crate::live::LiveHub;
 use crate::web::auth_limit::AuthLimiter;
@@ -36,6 +38,10 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The downlink worker's state (restarts, last failure), when downlinks are enabled.
     pub downlink_worker: Option<Arc<WorkerHealth>>,
+    /// The firmware file server: image cache and download progress.
+    pub files: FileServer,
+    /// What the device doors write firmware notifications with.
+    pub notifier: Notifier,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -71,5 +77,17 @@ impl FromRef<AppState> for ApiSettings {
 impl FromRef<AppState> for AdminState {
     fn from_ref(state: &AppState) -> AdminState {
         state.admin.clone()
+    }
+}
+
+impl FromRef<AppState> for FileServer {
+    fn from_ref(state: &AppState) -> FileServer {
+        state.files.clone()
+    }
+}
+
+impl FromRef<AppState> for Notifier {
+    fn from_ref(state: &AppState) -> Notifier {
+        state.notifier.clone()
     }
 }

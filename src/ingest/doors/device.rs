@@ -1,6 +1,7 @@
 //! The device doors: `POST /ingestion/m2m/senml/v1` and `POST /ingestion/ip/senml/v1`, where
 //! M2M and Internet devices post SenML signed with their own secret, as they do to KPN Things.
-//! The answer to an uplink carries at most one downlink queued for the device.
+//! The answer to an uplink carries at most one pack: a firmware notification when the device
+//! is waiting for one (`firmware::notification`), else the oldest downlink queued for it.
 //!
 //! The order, cheapest refusal first: the slot and the declared length from the head, the
 //! token header, the body under `--device-max-body`, the device from the first record's `bn`
@@ -14,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 
 use crate::error::{AppError, PlainText};
+use crate::firmware::notification::Notifier;
 use crate::ingest::IngestState;
 use crate::ingest::delivery::{DeviceDoor, DeviceReply, RawDelivery, Sender};
 use crate::ingest::headers::extra_headers;
@@ -28,15 +30,28 @@ use super::head::{declared_length, read_body, token_header};
 /// can post again at once; absent when none do.
 pub const PENDING_HEADER: &str = "things-downlinks-pending";
 
-pub async fn m2m(State(state): State<IngestState>, request: Request) -> Response {
-    receive(&state, DeviceDoor::M2m, request).await
+pub async fn m2m(
+    State(state): State<IngestState>,
+    State(notifier): State<Notifier>,
+    request: Request,
+) -> Response {
+    receive(&state, &notifier, DeviceDoor::M2m, request).await
 }
 
-pub async fn ip(State(state): State<IngestState>, request: Request) -> Response {
-    receive(&state, DeviceDoor::Ip, request).await
+pub async fn ip(
+    State(state): State<IngestState>,
+    State(notifier): State<Notifier>,
+    request: Request,
+) -> Response {
+    receive(&state, &notifier, DeviceDoor::Ip, request).await
 }
 
-async fn receive(state: &IngestState, door: DeviceDoor, request: Request) -> Response {
+async fn receive(
+    state: &IngestState,
+    notifier: &Notifier,
+    door: DeviceDoor,
+    request: Request,
+) -> Response {
     // Shares the in-flight slots with every other door.
     let result = match state.slots.try_acquire() {
         Ok(_permit) => receive_inner(state, door, request).await,
@@ -49,7 +64,7 @@ async fn receive(state: &IngestState, door: DeviceDoor, request: Request) -> Res
     metrics::counter!("things_ingest_requests_total", "door" => door.as_str(), "outcome" => outcome)
         .increment(1);
     match result {
-        Ok((_, reply)) => answer(reply),
+        Ok((_, reply)) => answer(reply, notifier),
         Err(e) => PlainText(e).into_response(),
     }
 }
@@ -119,14 +134,20 @@ async fn receive_inner(
     Ok((accepted, reply))
 }
 
-/// 202 with an empty body, or 200 with the one downlink's SenML pack, as KPN answers.
-fn answer(reply: Option<DeviceReply>) -> Response {
+/// 202 with an empty body, or 200 with one SenML pack (the firmware notification ahead of
+/// the oldest downlink), as KPN answers.
+fn answer(reply: Option<DeviceReply>, notifier: &Notifier) -> Response {
     let reply = reply.unwrap_or_default();
-    let mut response = match reply.downlink {
-        Some(downlink) => (
+    let body = match (&reply.fota, reply.downlink) {
+        (Some(notice), _) => Some(notifier.pack(notice)),
+        (None, Some(downlink)) => Some(downlink.body),
+        (None, None) => None,
+    };
+    let mut response = match body {
+        Some(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            downlink.body,
+            body,
         )
             .into_response(),
         None => StatusCode::ACCEPTED.into_response(),

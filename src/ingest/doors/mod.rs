@@ -6,6 +6,7 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{MethodFilter, on, post};
 
+use crate::firmware::notification::Notifier;
 use crate::ingest::IngestState;
 
 pub mod device;
@@ -23,6 +24,7 @@ pub fn routes<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     IngestState: FromRef<S>,
+    Notifier: FromRef<S>,
 {
     // GET with a body: a KPN destination can be configured to send that.
     Router::new()
@@ -38,6 +40,7 @@ pub fn device_routes<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     IngestState: FromRef<S>,
+    Notifier: FromRef<S>,
 {
     Router::new()
         .route(M2M_PATH, post(device::m2m))

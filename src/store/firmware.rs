@@ -1,0 +1,118 @@
+//! The `firmware` table: immutable images with their size and digests, shared by every
+//! replica (a device may download its parts from any of them).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// An image's description, without its bytes.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FirmwareRow {
+    pub id: Uuid,
+    pub version: String,
+    pub name: Option<String>,
+    pub size: i64,
+    pub sha256: Vec<u8>,
+    pub crc32: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, version, name, size, sha256, crc32, created_at";
+
+pub struct NewFirmware<'a> {
+    pub id: Uuid,
+    pub version: &'a str,
+    pub name: Option<&'a str>,
+    pub sha256: [u8; 32],
+    pub crc32: u32,
+    pub image: &'a [u8],
+}
+
+/// Stores an image; the same version twice fails with a unique violation.
+pub async fn insert(pool: &PgPool, new: &NewFirmware<'_>) -> Result<FirmwareRow, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO firmware (id, version, name, size, sha256, crc32, image) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+    )))
+    .bind(new.id)
+    .bind(new.version)
+    .bind(new.name)
+    .bind(new.image.len() as i64)
+    .bind(&new.sha256[..])
+    .bind(i64::from(new.crc32))
+    .bind(new.image)
+    .fetch_one(pool)
+    .await
+}
+
+/// Every image, newest first.
+pub async fn list(pool: &PgPool) -> Result<Vec<FirmwareRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM firmware ORDER BY created_at DESC, version"
+    )))
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get_by_version(
+    pool: &PgPool,
+    version: &str,
+) -> Result<Option<FirmwareRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM firmware WHERE version = $1"
+    )))
+    .bind(version)
+    .fetch_optional(pool)
+    .await
+}
+
+#[derive(sqlx::FromRow)]
+struct WithImage {
+    #[sqlx(flatten)]
+    row: FirmwareRow,
+    image: Vec<u8>,
+}
+
+/// The bytes of an image, with its description.
+pub async fn image(pool: &PgPool, id: Uuid) -> Result<Option<(FirmwareRow, Vec<u8>)>, sqlx::Error> {
+    let found: Option<WithImage> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, image FROM firmware WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(found.map(|f| (f.row, f.image)))
+}
+
+/// What removing a version did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removed {
+    Removed,
+    NotFound,
+    /// A campaign with devices not yet finished uses it.
+    InUse,
+}
+
+/// Removes a version unless an unfinished campaign uses it, in one statement (so a campaign
+/// started concurrently either sees the image or finds it gone).
+pub async fn remove(pool: &PgPool, version: &str) -> Result<Removed, sqlx::Error> {
+    let row: Option<(bool, bool)> = sqlx::query_as(
+        "WITH f AS (SELECT id FROM firmware WHERE version = $1 FOR UPDATE), \
+         busy AS (SELECT EXISTS (SELECT 1 FROM fota_campaigns c JOIN fota_targets t \
+                                 ON t.campaign_id = c.id \
+                                 WHERE c.firmware_id IN (SELECT id FROM f) \
+                                   AND t.state IN ('pending', 'notified', 'downloading', \
+                                                   'downloaded')) AS b), \
+         gone AS (DELETE FROM firmware WHERE id IN (SELECT id FROM f) \
+                  AND NOT (SELECT b FROM busy) RETURNING id) \
+         SELECT EXISTS (SELECT 1 FROM f), EXISTS (SELECT 1 FROM gone)",
+    )
+    .bind(version)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        Some((false, _)) | None => Removed::NotFound,
+        Some((true, true)) => Removed::Removed,
+        Some((true, false)) => Removed::InUse,
+    })
+}
