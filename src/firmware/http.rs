@@ -107,10 +107,11 @@ async fn answer(
         .await?
         .ok_or(AppError::Gone("this firmware was removed"))?;
     let total = image.bytes.len() as u64;
+    // Ranges are defined for GET only (RFC 9110, 14.2): HEAD describes the whole image.
     let range_header = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
-        .filter(|_| if_range_holds(headers, &image));
+        .filter(|_| serving && if_range_holds(headers, &image));
     let response = match range::answer(range_header, total) {
         Answer::Whole => {
             if serving {

@@ -298,11 +298,13 @@ pub async fn cancel_for_registration<'e>(
     Ok(done.rows_affected())
 }
 
-/// A spooled uplink's answer carried no downlink. If its first attempt's commit landed after
-/// all (the answer gave up waiting, or the connection broke during COMMIT), a downlink marked
-/// delivered on that message never reached the device: queue it again.
-pub async fn requeue_unanswered<'e>(
-    db: impl sqlx::PgExecutor<'e>,
+/// A spooled uplink's answer carried no downlink and no firmware notification. If its first
+/// attempt's commit landed after all (the answer gave up waiting, or the connection broke
+/// during COMMIT), a downlink marked delivered on that message never reached the device:
+/// queue it again; and a firmware target it marked notified, before any part was served, is
+/// pending again, so the next uplink carries the pack.
+pub async fn requeue_unanswered(
+    db: &mut sqlx::PgConnection,
     device_key_id: Uuid,
     token: &[u8],
     received_at: DateTime<Utc>,
@@ -317,7 +319,18 @@ pub async fn requeue_unanswered<'e>(
     .bind(device_key_id)
     .bind(token)
     .bind(received_at)
-    .execute(db)
+    .execute(&mut *db)
     .await?;
-    Ok(done.rows_affected())
+    let notices = sqlx::query(
+        "UPDATE fota_targets SET state = 'pending', notified_at = NULL, notified_message_id = NULL \
+         WHERE state = 'notified' AND parts = 0 AND notified_message_id IN ( \
+             SELECT id FROM messages \
+             WHERE device_key_id = $1 AND token = $2 AND received_at = $3)",
+    )
+    .bind(device_key_id)
+    .bind(token)
+    .bind(received_at)
+    .execute(&mut *db)
+    .await?;
+    Ok(done.rows_affected() + notices.rows_affected())
 }

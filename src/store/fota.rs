@@ -234,6 +234,8 @@ pub struct ProgressDelta {
 
 /// Writes the progress of many downloads in one statement: counts, covered bytes, and the
 /// transitions to `downloading` (first part) and `downloaded` (every byte served once).
+/// Coverage is judged on the row as updated, not on the statement's snapshot: two replicas
+/// flushing the two halves of one image at once must still end `downloaded`.
 pub async fn add_progress(pool: &PgPool, deltas: &[ProgressDelta]) -> Result<(), sqlx::Error> {
     if deltas.is_empty() {
         return Ok(());
@@ -249,7 +251,7 @@ pub async fn add_progress(pool: &PgPool, deltas: &[ProgressDelta]) -> Result<(),
     let last: Vec<DateTime<Utc>> = deltas.iter().map(|d| d.last_at).collect();
     sqlx::query(
         "WITH u AS ( \
-             SELECT x.*, (t.covered + x.r::int8multirange) @> int8range(0, f.size) AS whole \
+             SELECT x.*, f.size \
              FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::text[], $5::timestamptz[], \
                          $6::timestamptz[]) AS x(id, p, b, r, f0, l) \
              JOIN fota_targets t ON t.id = x.id \
@@ -262,12 +264,14 @@ pub async fn add_progress(pool: &PgPool, deltas: &[ProgressDelta]) -> Result<(),
              last_part_at = GREATEST(t.last_part_at, u.l), \
              progress_at = GREATEST(t.progress_at, u.l), \
              state = CASE WHEN t.state NOT IN ('pending', 'notified', 'downloading') THEN t.state \
-                          WHEN u.whole THEN 'downloaded' ELSE 'downloading' END, \
+                          WHEN (t.covered + u.r::int8multirange) @> int8range(0, u.size) \
+                              THEN 'downloaded' ELSE 'downloading' END, \
              downloading_at = CASE WHEN t.state IN ('pending', 'notified') \
                                    THEN COALESCE(t.downloading_at, u.f0) \
                                    ELSE t.downloading_at END, \
              downloaded_at = CASE WHEN t.state IN ('pending', 'notified', 'downloading') \
-                                       AND u.whole THEN u.l ELSE t.downloaded_at END \
+                                       AND (t.covered + u.r::int8multirange) @> int8range(0, u.size) \
+                                   THEN u.l ELSE t.downloaded_at END \
          FROM u WHERE t.id = u.id",
     )
     .bind(&ids)

@@ -33,7 +33,10 @@ pub(super) async fn apply(
         };
         if let (StoreOutcome::Stored { .. }, Ok(records)) = (outcome, &delivery.decoded) {
             for record in records {
-                if let Some(Value::String(value)) = &record.value {
+                // No version holds U+0000, which a text parameter cannot carry.
+                if let Some(Value::String(value)) = &record.value
+                    && !value.contains('\0')
+                {
                     report_keys.push(*key_id);
                     report_names.push(record.name.as_str());
                     report_values.push(value.as_str());
@@ -101,7 +104,7 @@ async fn report(
                             ELSE t.failure END, \
              progress_at = CASE WHEN r.v = r.want OR t.state = 'downloaded' THEN now() \
                                 ELSE t.progress_at END \
-         FROM r WHERE t.id = r.id"
+         FROM r WHERE t.id = r.id AND t.state IN {OPEN_STATES}"
     )))
     .bind(keys)
     .bind(names)

@@ -96,16 +96,19 @@ async fn replay_one(
     raw: &RawDelivery,
 ) -> Result<(), WriteError> {
     let receipt = writer.submit(Delivery::resolve(raw.clone())).await?;
-    // A spooled device uplink was answered without a downlink. Found stored already, its
-    // first attempt's commit landed after the answer gave up on it, and may have marked a
-    // downlink delivered that never left: it goes back to the queue.
+    // A spooled device uplink was answered without a downlink or notification. Found stored
+    // already, its first attempt's commit landed after the answer gave up on it, and may have
+    // marked a downlink delivered (or a firmware target notified) that never left: back to
+    // the queue.
     if let (StoreOutcome::Duplicate, Sender::Device { key_id, .. }) = (receipt.outcome, &raw.sender)
     {
-        let requeued = downlinks::requeue_unanswered(pool, *key_id, &raw.token.0, raw.received_at)
-            .await
-            .map_err(WriteError::Unavailable)?;
+        let mut conn = pool.acquire().await.map_err(WriteError::Unavailable)?;
+        let requeued =
+            downlinks::requeue_unanswered(&mut conn, *key_id, &raw.token.0, raw.received_at)
+                .await
+                .map_err(WriteError::Unavailable)?;
         if requeued > 0 {
-            tracing::warn!(sender = %raw.sender, requeued, "a spooled uplink's late commit had taken a downlink its answer never carried; queued it again");
+            tracing::warn!(sender = %raw.sender, requeued, "a spooled uplink's late commit had taken a downlink or firmware notification its answer never carried; queued it again");
         }
     }
     Ok(())
