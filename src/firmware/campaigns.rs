@@ -193,6 +193,12 @@ pub async fn start(
                 )
             }));
         }
+        Err(StartRefused::FirmwareGone) => {
+            return Err(FirmwareError::NotFound(format!(
+                "firmware version {} (removed just now)",
+                image.version
+            )));
+        }
         Err(StartRefused::Database(e)) => return Err(e.into()),
     }
     get(pool, new.id).await

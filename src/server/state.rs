@@ -61,7 +61,7 @@ pub(super) fn build(
         downloads,
         images: Arc::new(crate::firmware::cache::ImageCache::new(
             database.pool.clone(),
-            crate::firmware::cache::CACHE_BYTES,
+            crate::firmware::cache::bound_for(args.max_firmware),
         )),
         progress: Arc::default(),
     };

@@ -93,26 +93,35 @@ pub enum Removed {
     InUse,
 }
 
-/// Removes a version unless an unfinished campaign uses it, in one statement (so a campaign
-/// started concurrently either sees the image or finds it gone).
+/// Removes a version unless an unfinished campaign uses it. The image row is locked first,
+/// and whether a campaign uses it is asked in a statement of its own after that lock, so a
+/// campaign started concurrently (it holds the row `FOR SHARE` until it commits) is seen.
 pub async fn remove(pool: &PgPool, version: &str) -> Result<Removed, sqlx::Error> {
-    let row: Option<(bool, bool)> = sqlx::query_as(
-        "WITH f AS (SELECT id FROM firmware WHERE version = $1 FOR UPDATE), \
-         busy AS (SELECT EXISTS (SELECT 1 FROM fota_campaigns c JOIN fota_targets t \
-                                 ON t.campaign_id = c.id \
-                                 WHERE c.firmware_id IN (SELECT id FROM f) \
-                                   AND t.state IN ('pending', 'notified', 'downloading', \
-                                                   'downloaded')) AS b), \
-         gone AS (DELETE FROM firmware WHERE id IN (SELECT id FROM f) \
-                  AND NOT (SELECT b FROM busy) RETURNING id) \
-         SELECT EXISTS (SELECT 1 FROM f), EXISTS (SELECT 1 FROM gone)",
+    let mut tx = pool.begin().await?;
+    let id: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM firmware WHERE version = $1 FOR UPDATE")
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(id) = id else {
+        return Ok(Removed::NotFound);
+    };
+    let busy: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM fota_campaigns c JOIN fota_targets t \
+                        ON t.campaign_id = c.id \
+                        WHERE c.firmware_id = $1 \
+                          AND t.state IN ('pending', 'notified', 'downloading', 'downloaded'))",
     )
-    .bind(version)
-    .fetch_optional(pool)
+    .bind(id)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(match row {
-        Some((false, _)) | None => Removed::NotFound,
-        Some((true, true)) => Removed::Removed,
-        Some((true, false)) => Removed::InUse,
-    })
+    if busy {
+        return Ok(Removed::InUse);
+    }
+    sqlx::query("DELETE FROM firmware WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Removed::Removed)
 }

@@ -69,6 +69,8 @@ pub struct NewTarget {
 pub enum StartRefused {
     /// These devices are already in a campaign that is not finished.
     Busy(Vec<String>),
+    /// The image was removed while the campaign was being started.
+    FirmwareGone,
     Database(sqlx::Error),
 }
 
@@ -82,6 +84,15 @@ impl From<sqlx::Error> for StartRefused {
 /// `updated` at once for a device whose latest reported version already is the desired one.
 pub async fn start(pool: &PgPool, new: &NewCampaign<'_>) -> Result<CampaignRow, StartRefused> {
     let mut tx = pool.begin().await?;
+    // Held until the campaign is committed: a removal of the image waits for it, then sees
+    // the campaign (`firmware::remove` checks in a statement of its own after its lock).
+    let present: Option<i32> = sqlx::query_scalar("SELECT 1 FROM firmware WHERE id = $1 FOR SHARE")
+        .bind(new.firmware_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if present.is_none() {
+        return Err(StartRefused::FirmwareGone);
+    }
     let keys: Vec<Uuid> = new.targets.iter().map(|t| t.device_key_id).collect();
     let busy: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT urn FROM fota_targets WHERE device_key_id = ANY($1) AND state IN {OPEN_STATES} \
