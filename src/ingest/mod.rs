@@ -19,6 +19,7 @@
 
 pub mod delivery;
 pub mod doors;
+pub mod events;
 pub mod headers;
 pub mod pipeline;
 pub mod spool;
