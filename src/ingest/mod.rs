@@ -18,6 +18,7 @@
 //! given an [`IngestState`] and nothing else.
 
 pub mod delivery;
+pub mod diagnosis;
 pub mod doors;
 pub mod events;
 pub mod headers;
