@@ -11,6 +11,7 @@
 //! replicas. Nothing here is labelled by why a delivery did not verify: an unknown plug and
 //! a wrong token stay indistinguishable from outside, metrics included.
 
+pub mod replay;
 pub mod ring;
 pub mod writer;
 
