@@ -328,6 +328,10 @@ async fn the_rate_cap_persists_a_few_and_the_ring_shows_the_rest() {
     let items = rejections(&client, &server, &admin, "limit=1000", 500).await;
     assert_eq!(items.len(), 500);
     let unpersisted = items.iter().filter(|i| i["persisted"] == false).count();
+    assert!(
+        items.iter().all(|i| i["destination"] == "acme"),
+        "ring entries are named too"
+    );
     // At least the burst of one second's worth is persisted.
     db_count(&env.database_url, "SELECT count(*) FROM door_events", |n| {
         n >= 5

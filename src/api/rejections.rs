@@ -244,15 +244,15 @@ pub async fn list(
         .into_iter()
         .map(|row| (row, true))
         .collect();
-    rows.extend(
-        ingest
-            .events
-            .unpersisted()
-            .iter()
-            .map(|entry| row_of(entry))
-            .filter(|row| matches(row, &filter))
-            .map(|row| (row, false)),
-    );
+    let mut ring: Vec<DoorEventRow> = ingest
+        .events
+        .unpersisted()
+        .iter()
+        .map(|entry| row_of(entry))
+        .filter(|row| matches(row, &filter))
+        .collect();
+    name_destinations(&pool, &mut ring).await?;
+    rows.extend(ring.into_iter().map(|row| (row, false)));
     rows.sort_by_key(|(row, _)| std::cmp::Reverse((row.received_at, row.id)));
     // An entry persisted between the two reads is in both: the row wins (sorted first).
     rows.dedup_by_key(|(row, _)| row.id);
@@ -263,6 +263,18 @@ pub async fn list(
         |(row, _)| encode_cursor(row.received_at, row.id),
         |(row, persisted)| item(&row, persisted),
     )))
+}
+
+/// Fills in the destination names of events only the ring holds (one query).
+async fn name_destinations(pool: &PgPool, rows: &mut [DoorEventRow]) -> Result<(), AppError> {
+    let mut plugs: Vec<Uuid> = rows.iter().filter_map(|r| r.plug).collect();
+    plugs.sort_unstable();
+    plugs.dedup();
+    let names = door_events::names_of(pool, &plugs).await?;
+    for row in rows {
+        row.destination = row.plug.and_then(|p| names.get(&p).cloned());
+    }
+    Ok(())
 }
 
 async fn find(pool: &PgPool, ingest: &IngestState, id: &str) -> Result<Found, AppError> {
@@ -276,8 +288,11 @@ async fn find(pool: &PgPool, ingest: &IngestState, id: &str) -> Result<Found, Ap
         });
     }
     let entry = ingest.events.get(id).ok_or_else(not_found)?;
+    let mut row = [row_of(&entry)];
+    name_destinations(pool, &mut row).await?;
+    let [row] = row;
     Ok(Found {
-        row: row_of(&entry),
+        row,
         persisted: entry.persisted(),
         entry: Some(entry),
     })

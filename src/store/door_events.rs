@@ -324,3 +324,22 @@ pub async fn message_of(
     .fetch_one(pool)
     .await
 }
+
+/// The name of the destination each of `plugs` belongs (or, removed, belonged) to, for
+/// events only the ring holds.
+pub async fn names_of(
+    pool: &PgPool,
+    plugs: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, String>, sqlx::Error> {
+    if plugs.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (plug) plug, name FROM destinations WHERE plug = ANY($1) \
+         ORDER BY plug, removed_at DESC NULLS FIRST",
+    )
+    .bind(plugs)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
