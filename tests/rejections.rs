@@ -726,3 +726,60 @@ async fn spooled_deliveries_are_events_not_rejections() {
     );
     db_count(&url, "SELECT count(*) FROM messages", |n| n == 1).await;
 }
+
+#[tokio::test]
+async fn a_device_registered_after_its_refusal_is_replayed_without_taking_its_downlink() {
+    let env = Env::new().await;
+    let admin = env.api_key("ops", "admin");
+    let server = env.serve_in_process(&[]).await;
+    let client = client();
+    let pack = device_pack(IMEI, 3);
+    assert_eq!(
+        uplink(&client, &server, DEVICE_SECRET, &pack)
+            .await
+            .status(),
+        404
+    );
+    let id = rejections(&client, &server, &admin, "door=m2m", 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let d = detail(&client, &server, &admin, &id).await;
+    assert_eq!(d["diagnosis"]["cause"], "unknown_device", "{d}");
+    assert_eq!(d["diagnosis"]["removed_registration"], false);
+    change_devices(
+        &env,
+        &client,
+        &server,
+        &["devices", "add", IMEI, "--secret", DEVICE_SECRET],
+    )
+    .await;
+    let queued = client
+        .post(server.url(&format!("/api/v1/devices/{IMEI}/downlinks")))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"payload_hex": "0A0B"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 202);
+    let d = detail(&client, &server, &admin, &id).await;
+    assert_eq!(d["diagnosis"]["cause"], "verifies_now", "{d}");
+    let (status, stored) = replay(&client, &server, &admin, &id).await;
+    assert_eq!(status, 201, "{stored}");
+    let mut db = connect(&env.database_url).await;
+    let (door, body): (String, Vec<u8>) =
+        sqlx::query_as("SELECT door, body FROM messages WHERE id = $1")
+            .bind(stored["message_id"].as_i64().unwrap())
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!((door.as_str(), body), ("m2m", pack.clone()));
+    // Nobody read the replay's answer: the downlink waits for the device's next uplink.
+    let waiting: String = sqlx::query_scalar("SELECT status FROM downlinks")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(waiting, "queued");
+    let next = uplink(&client, &server, DEVICE_SECRET, &device_pack(IMEI, 4)).await;
+    assert_eq!(next.status(), 200, "the next uplink carries it");
+}
