@@ -14,6 +14,7 @@ pub mod messages;
 pub mod page;
 pub mod params;
 pub mod registrations;
+pub mod rejections;
 pub mod series;
 pub mod stream;
 
@@ -28,6 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::admin::ApiKey;
+use crate::ingest::IngestState;
 use crate::live::LiveHub;
 use admin::AdminState;
 
@@ -91,6 +93,7 @@ where
     ApiSettings: FromRef<S>,
     AdminState: FromRef<S>,
     Arc<LiveHub>: FromRef<S>,
+    IngestState: FromRef<S>,
     ApiKey: FromRequestParts<S>,
 {
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
@@ -117,6 +120,9 @@ where
         .routes(routes!(campaigns::list, campaigns::start))
         .routes(routes!(campaigns::get))
         .routes(routes!(campaigns::cancel))
+        .routes(routes!(rejections::list))
+        .routes(routes!(rejections::get))
+        .routes(routes!(rejections::replay))
 }
 
 /// The routes under `/api/v1`, with the OpenAPI document (`/openapi.json`) made from them.
@@ -127,6 +133,7 @@ where
     ApiSettings: FromRef<S>,
     AdminState: FromRef<S>,
     Arc<LiveHub>: FromRef<S>,
+    IngestState: FromRef<S>,
     ApiKey: FromRequestParts<S>,
 {
     let (router, mut openapi) = documented::<S>().split_for_parts();
