@@ -783,3 +783,97 @@ async fn a_device_registered_after_its_refusal_is_replayed_without_taking_its_do
     let next = uplink(&client, &server, DEVICE_SECRET, &device_pack(IMEI, 4)).await;
     assert_eq!(next.status(), 200, "the next uplink carries it");
 }
+
+/// A destination's static header can be a credential of the sender's (`x-api-key`): a refusal
+/// keeps only its hash, in the table and in the admin's view, and the diagnosis and a replay
+/// still tell whether it was the required value.
+#[tokio::test]
+async fn a_credential_header_is_kept_only_as_its_hash_and_still_replays() {
+    let env = Env::new().await;
+    let api_key_value = "k3y-of-the-sender-0123";
+    let plug = env.add_destination(
+        "acme",
+        &["--require-header", &format!("x-api-key={api_key_value}")],
+    );
+    let admin = env.api_key("ops", "admin");
+    let server = env.serve_in_process(&[]).await;
+    let client = client();
+    let second = "Second#Secret-0123456789abcdefghij";
+    let rotate = |secret: &'static str| {
+        [
+            "destinations",
+            "rotate",
+            "acme",
+            "--secret",
+            secret,
+            "--overlap",
+            "0s",
+        ]
+    };
+    change_destinations(&env, &client, &server, &rotate(second)).await;
+
+    // Signed with the secret rotated away, carrying the right credential: refused.
+    let b = body(11);
+    let token = Token::sign(&b, SECRET.as_bytes()).to_hex();
+    let sent = [("x-api-key", api_key_value)];
+    assert_eq!(
+        deliver_with(&client, &server, plug, &token, &b, &sent)
+            .await
+            .status(),
+        401
+    );
+    // Signed right, with another credential: refused, and diagnosed as the header.
+    let b2 = body(12);
+    let token2 = Token::sign(&b2, second.as_bytes()).to_hex();
+    let wrong = [("x-api-key", "not-the-value")];
+    assert_eq!(
+        deliver_with(&client, &server, plug, &token2, &b2, &wrong)
+            .await
+            .status(),
+        401
+    );
+    let items = rejections(&client, &server, &admin, "", 2).await;
+    let (newest, oldest) = (
+        items[0]["id"].as_str().unwrap().to_owned(),
+        items[1]["id"].as_str().unwrap().to_owned(),
+    );
+    let d = detail(&client, &server, &admin, &newest).await;
+    assert_eq!(
+        (&d["diagnosis"]["cause"], &d["diagnosis"]["header"]),
+        (
+            &Value::from("required_header_different"),
+            &Value::from("x-api-key")
+        ),
+        "{d}"
+    );
+
+    // Neither value is anywhere in the record or the admin's view.
+    let d = detail(&client, &server, &admin, &oldest).await;
+    assert!(
+        d["headers"]["x-api-key"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("sha256:")),
+        "{d}"
+    );
+    assert!(!d.to_string().contains(api_key_value), "{d}");
+    let mut db = connect(&env.database_url).await;
+    let leaked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM door_events WHERE headers::text LIKE '%' || $1 || '%' \
+         OR headers::text LIKE '%not-the-value%'",
+    )
+    .bind(api_key_value)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(leaked, 0);
+
+    // Fixed: the old secret back; the hash stands for the required value, so replay stores it.
+    change_destinations(&env, &client, &server, &rotate(SECRET)).await;
+    let (status, replayed) = replay(&client, &server, &admin, &oldest).await;
+    assert_eq!(status, 201, "{replayed}");
+    assert_eq!(replayed["status"], "stored");
+    // The one with the wrong credential still does not verify.
+    change_destinations(&env, &client, &server, &rotate(second)).await;
+    let (status, refused) = replay(&client, &server, &admin, &newest).await;
+    assert_eq!(status, 422, "{refused}");
+}

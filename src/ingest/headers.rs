@@ -69,9 +69,44 @@ pub fn extra_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
     out
 }
 
+/// Whether a header's value may be a credential (the message token aside, which is a
+/// signature over the body and is needed to diagnose a refusal).
+pub fn credential_like(name: &str) -> bool {
+    name != "things-message-token" && SECRET_HINTS.iter().any(|hint| name.contains(hint))
+}
+
+/// How a recorded refusal keeps the value of a [`credential_like`] header: only its SHA-256,
+/// enough to tell whether it was the value a destination requires, useless to anyone
+/// reading the record.
+pub fn masked(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(value.trim().as_bytes()))
+    )
+}
+
+/// Whether a recorded header value is `expected`, as sent or [`masked`].
+pub fn recorded_matches(recorded: &str, expected: &str) -> bool {
+    recorded.trim() == expected.trim() || recorded == masked(expected)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_masked_value_matches_only_its_own_value() {
+        assert!(credential_like("x-api-key"));
+        assert!(credential_like("x-auth-secret"));
+        assert!(!credential_like("things-message-token"));
+        assert!(!credential_like("device-type"));
+        let recorded = masked(" k3y ");
+        assert!(!recorded.contains("k3y"));
+        assert!(recorded_matches(&recorded, "k3y"));
+        assert!(recorded_matches("k3y", "k3y"));
+        assert!(!recorded_matches(&recorded, "other"));
+    }
 
     #[test]
     fn keeps_static_headers_and_drops_credentials() {

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::ingest::headers::recorded_matches;
 use crate::token::{BodyDigest, Token};
 pub use load::load;
 use transform::TRANSFORMATIONS;
@@ -346,7 +347,7 @@ fn required_headers(own: &Candidate, headers: &BTreeMap<String, String>) -> Opti
                 ),
                 json!({ "header": name }),
             )),
-            Some(value) if value.trim() != expected.trim() => Some(found(
+            Some(value) if !recorded_matches(value, expected) => Some(found(
                 "required_header_different",
                 format!(
                     "The token is right, but the header {name} differs from what destination {} requires.",

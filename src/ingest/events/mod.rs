@@ -26,13 +26,16 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::error::AppError;
+use crate::ingest::headers::{credential_like, masked};
 use crate::store::door_events::{MAX_KEPT_BODY, NewDoorEvent};
 pub use ring::Entry;
 use ring::{RING_BYTES, RING_EVENTS, Ring};
 pub use writer::{RecorderTask, WriterLimits};
 
-/// Events waiting for the writer at most; past it an event stays in the ring only.
-const QUEUE: usize = 1024;
+/// Events waiting for the writer at most; past it an event stays in the ring only. The
+/// queue shares its entries with the ring, but holds on to those the ring let go: 256 of
+/// at most 64 KiB bound that to 16 MiB, many seconds' worth at the persisted rate.
+const QUEUE: usize = 256;
 
 /// Headers never recorded: they carry credentials of the sender or of a browser.
 const DROPPED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
@@ -201,7 +204,7 @@ impl Recorder {
     }
 }
 
-/// Every header but the credentials, names lower case (as `HeaderMap` keeps them), values as
+/// Every header but the credentials (credential-like values [`masked`]), names lower case (as `HeaderMap` keeps them), values as
 /// text (invalid UTF-8 replaced); a header given twice has its values joined by `, `.
 fn kept_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
     let mut kept: BTreeMap<String, String> = BTreeMap::new();
@@ -211,6 +214,13 @@ fn kept_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
             continue;
         }
         let value = String::from_utf8_lossy(value.as_bytes());
+        // A static header can be a credential of the sender's (`x-api-key`): kept only as
+        // its hash, which the diagnosis and a replay compare with what is required.
+        let value = if credential_like(name) {
+            std::borrow::Cow::Owned(masked(&value))
+        } else {
+            value
+        };
         kept.entry(name.to_owned())
             .and_modify(|v| {
                 v.push_str(", ");

@@ -77,7 +77,7 @@ fn sender(state: &IngestState, request: &Request<'_>) -> Result<(Sender, Token),
             }
             let verified = state
                 .secrets
-                .verify_request(plug, request.headers, &digest, &token)
+                .verify_recorded(plug, request.headers, &digest, &token)
                 .map_err(|_| ReplayError::NotVerified)?;
             let sender = Sender::Destination {
                 id: verified.destination.id,

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use super::ring::Entry;
 use crate::store::door_events;
 
-/// Most events one insert statement carries.
-const MAX_BATCH: usize = 256;
+/// Most events one insert statement carries: the insert trigger announces the statement's
+/// ids in one notification, whose payload PostgreSQL caps at 8000 bytes (37 bytes an id).
+const MAX_BATCH: usize = 200;
 /// How often the table is pruned at most (a sum over the table each time).
 pub const PRUNE_EVERY: Duration = Duration::from_secs(2);
 /// How long the last flush at shutdown may take.

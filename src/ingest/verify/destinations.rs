@@ -294,6 +294,36 @@ impl SecretCache {
         })
     }
 
+    /// A recorded request's check (replay, diagnosis): [`verify_request`](Self::verify_request)
+    /// with the credential-like header values that were recorded only as their hash
+    /// ([`crate::ingest::headers::masked`]) taken as sent where they match what the
+    /// destination requires. Only recorded requests get this: a live one must send the value.
+    pub fn verify_recorded(
+        &self,
+        plug: Uuid,
+        headers: &HeaderMap,
+        digest: &BodyDigest,
+        token: &Token,
+    ) -> Result<Verified, VerifyFailure> {
+        self.verify(plug, digest, token).and_then(|v| {
+            let mut restored = headers.clone();
+            for (name, expected) in &v.destination.required_headers {
+                let matches = headers
+                    .get(name)
+                    .and_then(|value| value.to_str().ok())
+                    .is_some_and(|value| value == crate::ingest::headers::masked(expected));
+                if matches && let Ok(value) = expected.parse() {
+                    restored.insert(name.clone(), value);
+                }
+            }
+            if v.destination.headers_match(&restored) {
+                Ok(v)
+            } else {
+                Err(VerifyFailure::WrongToken)
+            }
+        })
+    }
+
     /// Whether the cache is known to match the database: false while the change listener is
     /// disconnected, when a destination may have been added or rotated without our knowing.
     pub fn is_current(&self) -> bool {

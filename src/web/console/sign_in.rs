@@ -75,14 +75,17 @@ async fn sign_in_inner(
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    if let Some(address) = address {
-        state
-            .limiter
-            .check(address)
-            .map_err(AppError::TooManyAttempts)?;
-    }
     let form = is_form(&parts);
     let key = read_key(body, form).await?;
+    let hash = key_hash(key.trim());
+    // As for bearer keys: an address over the limit costs no lookup per guess, but a valid
+    // key still signs in (an operator behind the same NAT as a guesser is not locked out).
+    if let Some(address) = address
+        && let Err(wait) = state.limiter.check(address)
+        && !state.limiter.may_be_valid(&hash, &state.pool).await
+    {
+        return Err(AppError::TooManyAttempts(wait));
+    }
     let token = session::new_secret();
     let csrf = session::new_secret();
     let ttl =
@@ -90,7 +93,7 @@ async fn sign_in_inner(
     let expires_at = Utc::now() + ttl;
     let created = console_sessions::create(
         &state.pool,
-        &key_hash(key.trim()),
+        &hash,
         &session::token_hash(&token),
         &csrf,
         expires_at,
@@ -102,6 +105,7 @@ async fn sign_in_inner(
         }
         return Err(AppError::Unauthenticated);
     };
+    state.limiter.succeeded(hash, &row.scopes);
     let cookie = session::set_cookie(&token, ttl.num_seconds());
     let no_store = (CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // A form posted without the page's script (no `fetch`) goes on to the console.
