@@ -7,6 +7,8 @@
 pub mod answer_downlinks;
 pub mod api_keys;
 pub mod deliveries;
+pub mod deliveries_list;
+pub mod destination_stats;
 pub mod destinations;
 pub mod device_keys;
 pub mod device_uplinks;
@@ -20,12 +22,14 @@ pub mod key_check;
 pub mod listen;
 pub mod live;
 pub mod measurements;
+pub mod message_detail;
 pub mod messages;
 pub mod partitions;
 mod sealed_secrets;
 pub mod series;
 pub mod series_write;
 pub mod stored_text;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
