@@ -214,29 +214,27 @@ pub async fn list(
         if !filter.reads_messages() {
             return Ok(Vec::new());
         }
-        let mut query = QueryBuilder::new(MESSAGE_COLUMNS);
-        query.push(" WHERE TRUE");
-        message_conditions(&mut query, filter);
-        match position {
-            Some(Position {
-                received_at,
-                after: Source::Message(id),
-            }) => {
-                query
-                    .push(" AND (m.received_at, m.id) < (")
-                    .push_bind(*received_at)
-                    .push(", ")
-                    .push_bind(*id)
-                    .push(")");
-            }
-            Some(Position { received_at, .. }) => {
-                query.push(" AND m.received_at < ").push_bind(*received_at);
-            }
-            None => {}
+        let mut query = QueryBuilder::new("");
+        if filter.device_key.is_some() {
+            // A device's messages are two index ranges: by its `devices` row, newest first
+            // through the per-device index, and a registration's messages without one
+            // (quarantined). An OR of the two would walk the received-time index instead.
+            query.push("SELECT * FROM ((");
+            message_branch(&mut query, filter, position, limit, DeviceBranch::Device);
+            query.push(") UNION ALL (");
+            message_branch(
+                &mut query,
+                filter,
+                position,
+                limit,
+                DeviceBranch::Registration,
+            );
+            query
+                .push(")) m ORDER BY m.received_at DESC, m.id DESC LIMIT ")
+                .push_bind(limit);
+        } else {
+            message_branch(&mut query, filter, position, limit, DeviceBranch::Device);
         }
-        query
-            .push(" ORDER BY m.received_at DESC, m.id DESC LIMIT ")
-            .push_bind(limit);
         query
             .build_query_as::<MessageRecord>()
             .fetch_all(pool)
@@ -283,7 +281,59 @@ pub async fn list(
     Ok(rows)
 }
 
-fn message_conditions(query: &mut QueryBuilder<Postgres>, filter: &DeliveryFilter) {
+/// Which half of a device filter a messages query reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DeviceBranch {
+    Device,
+    Registration,
+}
+
+/// One ordered, limited messages query after `position`.
+fn message_branch(
+    query: &mut QueryBuilder<Postgres>,
+    filter: &DeliveryFilter,
+    position: Option<&Position>,
+    limit: i64,
+    branch: DeviceBranch,
+) {
+    // A registration's messages without a device row are few: read them by the
+    // registration's index behind a fence (OFFSET 0), then sort, so the planner cannot walk
+    // the received-time index looking for them.
+    if branch == DeviceBranch::Registration {
+        query.push("SELECT * FROM (");
+    }
+    query.push(MESSAGE_COLUMNS).push(" WHERE TRUE");
+    message_conditions(query, filter, branch);
+    match position {
+        Some(Position {
+            received_at,
+            after: Source::Message(id),
+        }) => {
+            query
+                .push(" AND (m.received_at, m.id) < (")
+                .push_bind(*received_at)
+                .push(", ")
+                .push_bind(*id)
+                .push(")");
+        }
+        Some(Position { received_at, .. }) => {
+            query.push(" AND m.received_at < ").push_bind(*received_at);
+        }
+        None => {}
+    }
+    if branch == DeviceBranch::Registration {
+        query.push(" OFFSET 0) m");
+    }
+    query
+        .push(" ORDER BY m.received_at DESC, m.id DESC LIMIT ")
+        .push_bind(limit);
+}
+
+fn message_conditions(
+    query: &mut QueryBuilder<Postgres>,
+    filter: &DeliveryFilter,
+    branch: DeviceBranch,
+) {
     if let Some(door) = &filter.door {
         query.push(" AND m.door = ").push_bind(door.clone());
     }
@@ -293,15 +343,21 @@ fn message_conditions(query: &mut QueryBuilder<Postgres>, filter: &DeliveryFilte
             .push_bind(d.ids.clone())
             .push(")");
     }
-    if let Some(key) = &filter.device_key {
-        // The device's messages by its `devices` row, and a registration's quarantined ones
-        // (no device row) by the registration.
-        query
-            .push(" AND (m.device_id = (SELECT id FROM devices WHERE urn_key = ")
-            .push_bind(key.clone())
-            .push(") OR m.device_key_id = ANY(ARRAY(SELECT id FROM device_keys WHERE urn_key = ")
-            .push_bind(key.clone())
-            .push(")))");
+    match (&filter.device_key, branch) {
+        (Some(key), DeviceBranch::Device) => {
+            query
+                .push(" AND m.device_id = (SELECT id FROM devices WHERE urn_key = ")
+                .push_bind(key.clone())
+                .push(")");
+        }
+        (Some(key), DeviceBranch::Registration) => {
+            query
+                .push(" AND m.device_id IS NULL AND m.device_key_id = ANY(ARRAY(")
+                .push("SELECT id FROM device_keys WHERE urn_key = ")
+                .push_bind(key.clone())
+                .push("))");
+        }
+        (None, _) => {}
     }
     if let Some(verdict) = &filter.verdict {
         query.push(" AND m.status = ").push_bind(verdict.clone());

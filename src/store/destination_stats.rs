@@ -53,14 +53,21 @@ pub struct DestinationStats {
 }
 
 /// Every destination not removed, by name.
+///
+/// The last stored delivery is one probe of the per-destination index: ordered by
+/// `(destination_id, received_at DESC)` with the destination as a range of one value, not an
+/// equality (the planner drops an ordering column held equal, and then walks the
+/// received-time index backwards instead, through all of it for a silent destination).
 pub async fn read(pool: &PgPool) -> Result<Vec<DestinationStats>, sqlx::Error> {
     let destinations: Vec<DestinationRecord> = sqlx::query_as(
         "SELECT d.id, d.name, d.plug, l.t AS last_stored_at, \
                 floor(extract(epoch FROM now() - l.t))::int8 AS silent_for_seconds, \
                 CASE WHEN d.previous_expires_at > now() THEN d.previous_expires_at END \
                     AS overlap_until \
-         FROM destinations d, LATERAL (SELECT max(m.received_at) AS t FROM messages m \
-                                       WHERE m.destination_id = d.id AND m.status = 'stored') l \
+         FROM destinations d LEFT JOIN LATERAL ( \
+             SELECT m.received_at AS t FROM messages m \
+             WHERE m.destination_id >= d.id AND m.destination_id <= d.id AND m.status = 'stored' \
+             ORDER BY m.destination_id, m.received_at DESC LIMIT 1) l ON true \
          WHERE d.removed_at IS NULL ORDER BY d.name",
     )
     .fetch_all(pool)

@@ -95,13 +95,23 @@ pub async fn known(pool: &PgPool, urn_key: &str) -> Result<bool, sqlx::Error> {
 /// The newest `bounds.limit` entries of the device, newest first.
 pub async fn read(pool: &PgPool, urn_key: &str, b: Bounds) -> Result<Vec<Entry>, sqlx::Error> {
     let uplinks = sqlx::query_as::<_, Uplink>(
-        "SELECT m.id, m.received_at AS time, m.door, m.status AS verdict, m.record_count \
-         FROM messages m \
-         WHERE (m.device_id = (SELECT id FROM devices WHERE urn_key = $1) \
-                OR m.device_key_id = ANY(ARRAY(SELECT id FROM device_keys WHERE urn_key = $1))) \
-           AND ($2::timestamptz IS NULL OR m.received_at >= $2) \
-           AND ($3::timestamptz IS NULL OR m.received_at < $3) \
-         ORDER BY m.received_at DESC, m.id DESC LIMIT $4",
+        // Two index ranges (by the device row; a registration's few messages without one,
+        // behind an OFFSET 0 fence and then sorted), not an OR, which would walk the
+        // received-time index.
+        "SELECT * FROM ( \
+             (SELECT m.id, m.received_at AS time, m.door, m.status AS verdict, m.record_count \
+              FROM messages m WHERE m.device_id = (SELECT id FROM devices WHERE urn_key = $1) \
+                AND m.received_at >= coalesce($2::timestamptz, '-infinity') \
+                AND m.received_at < coalesce($3::timestamptz, 'infinity') \
+              ORDER BY m.received_at DESC, m.id DESC LIMIT $4) \
+             UNION ALL \
+             (SELECT * FROM (SELECT m.id, m.received_at, m.door, m.status, m.record_count \
+              FROM messages m WHERE m.device_id IS NULL \
+                AND m.device_key_id = ANY(ARRAY(SELECT id FROM device_keys WHERE urn_key = $1)) \
+                AND m.received_at >= coalesce($2::timestamptz, '-infinity') \
+                AND m.received_at < coalesce($3::timestamptz, 'infinity') OFFSET 0) r \
+              ORDER BY r.received_at DESC, r.id DESC LIMIT $4)) u \
+         ORDER BY time DESC, id DESC LIMIT $4",
     )
     .bind(urn_key)
     .bind(b.from)
