@@ -111,6 +111,11 @@ impl<I> Guarded<I> {
         }
     }
 
+    /// The connection it guards.
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
     /// Called when the inner stream is not ready: ready with an error once idle too long,
     /// otherwise pending with the timer registered for the next time to look again. A
     /// connection's IO is always polled while it waits (HTTP/1.1 watches for the next request

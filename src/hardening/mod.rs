@@ -82,6 +82,10 @@ impl GuardAcceptor {
             self.refused.record();
             return Err(io::Error::other(LimitReached));
         };
+        // Answers go out as soon as they are written: with Nagle's algorithm the last
+        // segment of an answer larger than a few TLS records waits for the client's delayed
+        // ACK (40 ms on Linux) before it leaves.
+        stream.set_nodelay(true)?;
         let activity = Activity::new();
         let stream = Guarded::new(
             stream,
@@ -115,3 +119,26 @@ impl<S> Accept<TcpStream, S> for GuardAcceptor {
 #[derive(Debug, thiserror::Error)]
 #[error("connection limit reached")]
 pub struct LimitReached;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn admitted_connections_send_without_waiting_for_acks() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(!accepted.nodelay().unwrap());
+        let acceptor = GuardAcceptor::new(ConnectionLimits {
+            max_connections: 4,
+            max_connections_per_ip: 4,
+            idle_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            request_cap: None,
+        });
+        let (guarded, _) = acceptor.admit(accepted, ()).unwrap();
+        assert!(guarded.get_ref().nodelay().unwrap());
+    }
+}
