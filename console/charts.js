@@ -56,8 +56,8 @@ export function lineChart(container, { title, unit, points, from, to }) {
       {},
       {
         label,
-        stroke: '#1f5fbf',
-        fill: 'rgba(31, 95, 191, 0.08)',
+        stroke: '#0b5cad',
+        fill: 'rgba(11, 92, 173, 0.08)',
         width: 1.5,
         // Dots only while they stay apart: a few points must be visible, thousands must not clutter.
         points: { show: points.length <= 120, size: 5 },

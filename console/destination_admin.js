@@ -143,7 +143,7 @@ function result(message, secret, where) {
   if (!secret) return note;
   const value = el('code', { class: 'secret-value', text: secret });
   const copied = el('span', { class: 'copied', role: 'status' });
-  const copy = el('button', { type: 'button', class: 'copy', text: 'Copy' });
+  const copy = el('button', { type: 'button', class: 'copy-secret', text: 'Copy' });
   copy.addEventListener('click', async () => {
     try {
       await navigator.clipboard.writeText(secret);

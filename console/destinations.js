@@ -19,7 +19,8 @@ const VERDICTS = ['stored', 'quarantined', 'duplicate', 'spooled', 'rejected'];
 
 export async function render(root, ctx) {
   ctx.setTitle('Destinations');
-  const admin = hasScope('admin');
+  // Controls only for admins (the server refuses the others anyway, with 403).
+  const admin = Boolean(await hasScope('admin'));
   const body = el('tbody');
   const table = el('table', { class: 'list destinations' },
     el('thead', {}, el('tr', {},
@@ -71,7 +72,7 @@ function row(item, actions) {
     el('td', {}, item.overlap_until
       ? el('span', { class: 'badge overlap', text: `previous secret valid until ${fmtTime(item.overlap_until)}` })
       : el('span', { class: 'dim', text: 'one secret' })),
-    actions ? el('td', { class: 'actions' }, actions) : null);
+    actions ? el('td', { class: 'manage' }, actions) : null);
 }
 
 function isSilent(item) {

@@ -25,11 +25,14 @@ export async function render(root, ctx) {
   const urn = ctx.params.urn;
   ctx.setTitle(urn);
   const range = rangeFromQuery(ctx.query);
+  // Charts made after the page was left (slow answers) are freed at once.
+  let left = false;
   const cleanups = [];
+  const keep = (stop) => (left ? stop() : cleanups.push(stop));
   const path = `/devices/${encodeURIComponent(urn)}`;
 
   clear(root);
-  const heading = el('h1', { class: 'mono', text: urn });
+  const heading = el('h1', { class: 'urn', text: urn });
   const facts = el('section', { class: 'device-facts' });
   const latest = el('section', { class: 'latest' }, el('h2', { text: 'Latest values' }));
   const charts = el('section', { class: 'charts' }, el('h2', { text: 'Charts' }));
@@ -65,11 +68,14 @@ export async function render(root, ctx) {
 
   const span = { from: range.from.toISOString(), to: range.to.toISOString() };
   await Promise.all([
-    drawCharts(charts, urn, numeric, range, cleanups),
+    drawCharts(charts, urn, numeric, range, keep),
     drawTexts(texts, urn, textual, span),
     drawTimeline(timeline, path, span),
   ]);
-  return () => cleanups.forEach((stop) => stop());
+  return () => {
+    left = true;
+    cleanups.splice(0).forEach((stop) => stop());
+  };
 }
 
 /** Distinct measurement names of the latest values that `test` accepts, sorted. */
@@ -116,7 +122,7 @@ function valueText(v) {
   return '';
 }
 
-async function drawCharts(section, urn, numeric, range, cleanups) {
+async function drawCharts(section, urn, numeric, range, keep) {
   if (numeric.length === 0) {
     section.append(el('p', { class: 'empty', text: 'This device has no numeric measurement to chart.' }));
     return;
@@ -136,7 +142,7 @@ async function drawCharts(section, urn, numeric, range, cleanups) {
         slot.append(el('p', { class: 'empty', text: `${name}: no value in this range.` }));
         return;
       }
-      cleanups.push(lineChart(slot, { title: name, unit: found.unit, points, from: range.from, to: range.to }));
+      keep(lineChart(slot, { title: name, unit: found.unit, points, from: range.from, to: range.to }));
       slot.append(el('p', { class: 'chart-note', text: `${points.length} point${points.length === 1 ? '' : 's'}, ${answer.agg} per ${answer.every_seconds} s; drag to zoom, double-click to reset.` }));
     } catch (e) {
       slot.append(errorLine(`${name}: the series could not be read: ${e.message}`));
@@ -176,15 +182,18 @@ async function drawTexts(section, urn, textual, span) {
   const pages = await Promise.all(textual.map((name) =>
     api('/measurements', { query: { device: urn, name, ...span, limit: String(TEXT_ROWS) } })
       .then((page) => page.items, (e) => e)));
+  const blocks = el('div', { class: 'text-series-list' });
+  section.append(blocks);
   textual.forEach((name, i) => {
     const items = pages[i];
-    section.append(el('h3', { class: 'mono', text: name }));
+    const block = el('div', { class: 'text-series', 'data-name': name }, el('h3', { class: 'mono', text: name }));
+    blocks.append(block);
     if (items instanceof Error) {
-      section.append(errorLine(`${name} could not be read: ${items.message}`));
+      block.append(errorLine(`${name} could not be read: ${items.message}`));
       return;
     }
     if (items.length === 0) {
-      section.append(el('p', { class: 'empty', text: 'No value in this range.' }));
+      block.append(el('p', { class: 'empty', text: 'No value in this range.' }));
       return;
     }
     const body = el('tbody');
@@ -193,7 +202,7 @@ async function drawTexts(section, urn, textual, span) {
         el('td', { class: 'time', text: fmtTime(m.time) }),
         el('td', { class: 'value', text: valueText(m) })));
     }
-    section.append(el('table', { class: 'list text-values', 'data-name': name },
+    block.append(el('table', { class: 'list text-values', 'data-name': name },
       el('thead', {}, el('tr', {}, el('th', { text: 'Time' }), el('th', { text: 'Value' }))),
       body));
   });
