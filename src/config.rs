@@ -152,6 +152,10 @@ pub struct ServeArgs {
     #[arg(long, env = "THINGS_MAX_SERIES_POINTS", default_value_t = DEFAULT_MAX_SERIES_POINTS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_series_points: u64,
+    /// How long a console sign-in lasts (the session cookie's lifetime); revoking the API key
+    /// it was opened with ends it sooner.
+    #[arg(long, env = "THINGS_CONSOLE_SESSION_TTL", default_value = "12h", value_parser = parse_duration)]
+    pub console_session_ttl: Duration,
     /// Also serve `/metrics` here, without an API key, over plain HTTP (e.g. 127.0.0.1:9100
     /// or a private address for the scraper). On the main listener `/metrics` always needs a
     /// `read` key.

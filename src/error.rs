@@ -44,6 +44,10 @@ pub enum AppError {
     Unauthenticated,
     #[error("this API key lacks the {0} scope")]
     Forbidden(&'static str),
+    /// A state-changing request made with the console's cookie that did not come from our
+    /// own page (Origin or CSRF token).
+    #[error("cross-site request refused: {0}")]
+    CrossSite(&'static str),
     /// What was not found, e.g. `message` or `device "urn:dev:..."`.
     #[error("{0} not found")]
     NotFound(std::borrow::Cow<'static, str>),
@@ -140,7 +144,7 @@ impl AppError {
             AppError::BadBody => (StatusCode::BAD_REQUEST, "bad_body"),
             AppError::BadParameter { .. } => (StatusCode::BAD_REQUEST, "bad_parameter"),
             AppError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AppError::Forbidden(_) | AppError::CrossSite(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AppError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

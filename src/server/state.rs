@@ -98,6 +98,7 @@ pub(super) fn build(
         api_keys: ApiKeyState {
             pool: database.pool.clone(),
             limiter: Arc::default(),
+            session_ttl: args.console_session_ttl,
         },
         live,
         api,

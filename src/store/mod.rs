@@ -6,6 +6,7 @@
 
 pub mod answer_downlinks;
 pub mod api_keys;
+pub mod console_sessions;
 pub mod deliveries;
 pub mod destinations;
 pub mod device_keys;

@@ -1,4 +1,5 @@
-//! `Authorization: Bearer KEY` for the dashboard API, `/readyz` details and `/metrics`.
+//! `Authorization: Bearer KEY` for the dashboard API, `/readyz` details and `/metrics`, or the
+//! console's session cookie (`web::session`), which stands for the key it was opened with.
 //!
 //! Authentication is HTTP's business and lives here; what a key may do ([`ApiKey`],
 //! scopes) is the admin domain's. Handlers below the web layer just take an [`ApiKey`]
@@ -11,6 +12,8 @@ use std::net::SocketAddr;
 
 use crate::admin::{ApiKey, key_hash};
 use crate::error::AppError;
+use crate::store::console_sessions;
+use crate::web::session;
 use crate::web::state::ApiKeyState;
 
 /// The key of an `Authorization: Bearer KEY` value; the scheme is case-insensitive
@@ -30,12 +33,17 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = ApiKeyState::from_ref(state);
-        let key = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        let Some(authorization) = parts.headers.get(AUTHORIZATION) else {
+            return match session::cookie_value(&parts.headers) {
+                Some(cookie) => from_session(&state, parts, cookie).await,
+                // No key is no guess: it costs nothing and is not counted.
+                None => Err(AppError::Unauthenticated),
+            };
+        };
+        let key = authorization
+            .to_str()
+            .ok()
             .and_then(bearer)
-            // No key is no guess: it costs nothing and is not counted.
             .ok_or(AppError::Unauthenticated)?;
         let hash = key_hash(key);
         let address = parts
@@ -70,6 +78,24 @@ where
         }
         Err(AppError::Unauthenticated)
     }
+}
+
+/// The key behind a console session cookie; a state-changing request must also pass the
+/// CSRF defence. A cookie is 256 random bits, so guessing one is hopeless and an unknown or
+/// expired cookie is not counted against its address (the sign-in form's key is).
+async fn from_session(
+    state: &ApiKeyState,
+    parts: &Parts,
+    cookie: &str,
+) -> Result<ApiKey, AppError> {
+    let found = console_sessions::find(&state.pool, &session::token_hash(cookie))
+        .await?
+        .ok_or(AppError::Unauthenticated)?;
+    if !session::is_safe(&parts.method) {
+        session::same_origin(parts)?;
+        session::check_token(&parts.headers, &found.csrf)?;
+    }
+    Ok(ApiKey::authenticated(found.scopes))
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@
 
 pub mod auth;
 pub mod auth_limit;
+pub mod console;
 pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod readiness;
 pub mod request_id;
+pub mod session;
 pub mod state;
 
 use axum::Router;
@@ -31,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", crate::api::routes())
         .route("/metrics", get(metrics::render))
         .merge(crate::api::docs::router())
+        .merge(console::routes())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     shared_layers(routes).with_state(state)

@@ -23,6 +23,8 @@ use crate::web::auth_limit::AuthLimiter;
 pub struct ApiKeyState {
     pub pool: PgPool,
     pub limiter: Arc<AuthLimiter>,
+    /// How long a console session lasts.
+    pub session_ttl: std::time::Duration,
 }
 
 /// Every substate of the process; cloning it clones handles, not data.
