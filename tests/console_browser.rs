@@ -217,6 +217,109 @@ async fn a_signed_delivery_appears_live_and_its_page_shows_the_records() {
 }
 
 #[tokio::test]
+async fn pause_holds_live_rows_back_and_the_filter_is_in_the_url() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(browser) = Browser::start("pause_filter").await else {
+        return;
+    };
+    let env = Env::new().await;
+    let plug = env.add_destination("acme", &[]);
+    let read = env.api_key("reader", "read");
+    let server = env.serve(&[]);
+    let client = client();
+    let live = "const s = document.querySelector('.live .state.on'); const e = document.querySelector('.empty');\
+                return !!s && !!e && !e.hidden;";
+
+    browser.sign_in(&server.base_url, &read).await;
+    browser.until("the live stream connected", WAIT, live).await;
+    browser.click("button#pause").await;
+    for i in 0..2 {
+        let body = pack(DEVICE, &[("temperature", now() - 10 + i, 20.0)]);
+        assert_eq!(
+            deliver(&client, &server, plug, SECRET, &body)
+                .await
+                .status(),
+            200
+        );
+    }
+    browser.wait_contains("#held", "2 new while paused").await;
+    assert_eq!(
+        browser.count("table.deliveries tbody tr").await,
+        0,
+        "held back while paused"
+    );
+    browser.shot("paused").await;
+    browser.click("button#pause").await;
+    browser
+        .until(
+            "both rows in after Resume",
+            WAIT,
+            "return document.querySelectorAll('table.deliveries tbody tr[data-kind=message]').length === 2;",
+        )
+        .await;
+    assert_eq!(browser.text("#held").await, "");
+    browser.shot("resumed").await;
+
+    // Only refusals: the filter goes into the URL and applies to history and the stream.
+    browser
+        .js(
+            "document.querySelector('form#filters select[name=verdict]').value = 'rejected';",
+            vec![],
+        )
+        .await;
+    browser.click("form#filters button[type=submit]").await;
+    browser
+        .until(
+            "the filtered, empty list with the filter in the URL",
+            WAIT,
+            &format!("return new URLSearchParams(location.search).get('verdict') === 'rejected' && (() => {{ {live} }})();"),
+        )
+        .await;
+    let stored = pack(DEVICE, &[("temperature", now() - 5, 21.0)]);
+    assert_eq!(
+        deliver(&client, &server, plug, SECRET, &stored)
+            .await
+            .status(),
+        200
+    );
+    let wrong = "Wr0ng-Secret#Not.This/Destination!2026";
+    assert_eq!(
+        deliver(&client, &server, plug, wrong, &stored)
+            .await
+            .status(),
+        401
+    );
+    let text = browser
+        .until(
+            "the refusal, live",
+            WAIT,
+            "const r = document.querySelector('table.deliveries tbody tr[data-kind=event]'); return r ? r.innerText : null;",
+        )
+        .await;
+    assert!(text.as_str().unwrap().contains("rejected"), "{text}");
+    assert_eq!(
+        browser
+            .count("table.deliveries tbody tr[data-kind=message]")
+            .await,
+        0,
+        "a stored delivery passed the verdict filter"
+    );
+    browser.shot("filtered").await;
+    // A permalink with the filter draws the same list.
+    browser.client.refresh().await.unwrap();
+    browser
+        .until(
+            "the filtered list after a reload",
+            WAIT,
+            "return document.querySelector('form#filters select[name=verdict]')?.value === 'rejected'\
+             && document.querySelectorAll('table.deliveries tbody tr[data-kind=event]').length === 1\
+             && document.querySelectorAll('table.deliveries tbody tr[data-kind=message]').length === 0;",
+        )
+        .await;
+    browser.close().await;
+}
+
+#[tokio::test]
 async fn a_rotated_away_secret_is_diagnosed_and_replay_stores_it_after_the_fix() {
     let _one = ONE_AT_A_TIME.lock().await;
     let Some(browser) = Browser::start("rotated_replay").await else {
