@@ -143,6 +143,7 @@ async fn a_signed_delivery_appears_live_and_its_page_shows_the_records() {
         )
         .await;
     let elapsed = sent.elapsed();
+    eprintln!("the live row appeared {elapsed:?} after the delivery was sent");
     assert!(
         elapsed <= Duration::from_secs(2),
         "live row after {elapsed:?}"
