@@ -214,6 +214,17 @@ async fn a_signed_delivery_appears_live_and_its_page_shows_the_records() {
     for command in [&send, &curl] {
         assert!(!command.contains(SECRET), "a secret leaked into {command}");
     }
+
+    // Signing out ends the session, not just the page.
+    browser.click("button#signout").await;
+    browser.wait_text("form#signin").await;
+    let status = browser
+        .js_async(
+            "const done = arguments[0]; fetch('/console/session').then(r => done(r.status), e => done(String(e)));",
+            vec![],
+        )
+        .await;
+    assert_eq!(status, json!(401));
     browser.close().await;
 }
 
