@@ -13,9 +13,10 @@ mod browser;
 use std::time::{Duration, Instant};
 
 use browser::{Browser, WAIT};
-use common::{Env, SECRET, api_get, change_destinations, client, deliver};
+use common::{Env, SECRET, api_get, change_destinations, client, deliver, deliver_with};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use things_receiver::token::Token;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -328,6 +329,59 @@ async fn pause_holds_live_rows_back_and_the_filter_is_in_the_url() {
              && document.querySelectorAll('table.deliveries tbody tr[data-kind=message]').length === 0;",
         )
         .await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn markup_in_a_delivery_stays_text_and_a_quarantine_says_why() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(browser) = Browser::start("markup").await else {
+        return;
+    };
+    let env = Env::new().await;
+    let plug = env.add_destination("acme", &[]);
+    let read = env.api_key("reader", "read");
+    let server = env.serve(&[]);
+    let client = client();
+    // Not a valid SenML name, so it is quarantined, and markup in the body and a header.
+    let body = br#"[{"bn":"urn:dev:IMEI:356938035643809:","n":"<img src=x id=pwned-body>","v":1}]"#;
+    let token = Token::sign(body, SECRET.as_bytes()).to_hex();
+    let answer = deliver_with(
+        &client,
+        &server,
+        plug,
+        &token,
+        body,
+        &[("x-note", "<b id=\"pwned-header\">bold</b>")],
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+    let (_, messages) = api_get(&client, &server, &read, "/api/v1/messages").await;
+    let id = messages["items"][0]["id"].to_string();
+
+    browser.sign_in(&server.base_url, &read).await;
+    browser
+        .goto(&server.url(&format!("/console/deliveries/{id}")))
+        .await;
+    let reason = browser.wait_text(".quarantine").await;
+    assert!(!reason.is_empty());
+    let raw = browser
+        .js("return document.getElementById('raw').textContent;", vec![])
+        .await;
+    assert_eq!(raw.as_str().unwrap().as_bytes(), body.as_slice());
+    let headers = browser.text("table.headers").await;
+    assert!(
+        headers.contains("<b id=\"pwned-header\">bold</b>"),
+        "{headers}"
+    );
+    browser.shot("quarantined").await;
+    let injected = browser
+        .js(
+            "return ['pwned-body', 'pwned-header'].filter(id => document.getElementById(id)).length;",
+            vec![],
+        )
+        .await;
+    assert_eq!(injected, json!(0), "markup from a delivery became elements");
     browser.close().await;
 }
 
