@@ -229,6 +229,17 @@ async fn every_refusal_class_is_recorded_with_the_answer_unchanged() {
         |n| n == 1,
     )
     .await;
+    let mut db = connect(&url).await;
+    let (duplicate, message_id): (uuid::Uuid, i64) =
+        sqlx::query_as("SELECT id, message_id FROM door_events WHERE verdict = 'duplicate'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    let d = detail(&client, &server, &admin, &duplicate.to_string()).await;
+    assert_eq!(
+        (&d["message_id"], &d["diagnosis"]["cause"]),
+        (&Value::from(message_id), &Value::from("duplicate"))
+    );
     // The full record: headers without credentials, the body as received.
     let r = client
         .post(server.url("/ingest/kpn"))
@@ -671,4 +682,43 @@ async fn replay_after_the_fix_stores_it_once() {
     assert_eq!(body_stored, b);
     let (_, listed) = api_get(&client, &server, &admin, "/api/v1/rejections").await;
     assert_eq!(listed["items"][0]["replayed_message_id"], message_id);
+}
+
+#[tokio::test]
+async fn spooled_deliveries_are_events_not_rejections() {
+    let env = Env::new().await;
+    let plug = env.add_destination("acme", &[]);
+    let admin = env.api_key("ops", "admin");
+    // No commit is waited for: every delivery goes to the spool, answered 200 "spooled".
+    let server = env.serve_in_process(&["--spool-after", "0s"]).await;
+    let client = client();
+    let r = deliver(&client, &server, plug, SECRET, &body(1)).await;
+    assert_eq!(
+        status_json(r).await,
+        (200, serde_json::json!({"status": "spooled"}))
+    );
+    let url = env.database_url.clone();
+    db_count(
+        &url,
+        "SELECT count(*) FROM door_events WHERE verdict = 'spooled' AND status = 200 \
+           AND destination_id IS NOT NULL AND body IS NULL AND body_size > 0",
+        |n| n == 1,
+    )
+    .await;
+    let mut db = connect(&url).await;
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM door_events")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let d = detail(&client, &server, &admin, &id.to_string()).await;
+    assert_eq!(d["verdict"], "spooled");
+    assert_eq!(d["diagnosis"]["cause"], "spooled");
+    // Not listed as a rejection, and not replayed (the spool stores it).
+    let (_, page) = api_get(&client, &server, &admin, "/api/v1/rejections").await;
+    assert_eq!(page["items"], serde_json::json!([]));
+    assert_eq!(
+        replay(&client, &server, &admin, &id.to_string()).await.0,
+        422
+    );
+    db_count(&url, "SELECT count(*) FROM messages", |n| n == 1).await;
 }

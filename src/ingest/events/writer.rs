@@ -175,3 +175,20 @@ async fn prune(pool: &PgPool, max_bytes: i64) {
         Err(e) => tracing::warn!(error = %e, "cannot prune door events"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_lets_a_seconds_worth_through_then_refuses() {
+        let mut bucket = Bucket::new(5.0);
+        let taken = (0..50).filter(|_| bucket.take()).count();
+        assert_eq!(taken, 5);
+        // Refilled by elapsed time: a second later, another five.
+        bucket.at -= Duration::from_secs(1);
+        assert_eq!((0..50).filter(|_| bucket.take()).count(), 5);
+        let mut off = Bucket::new(0.0);
+        assert!(!off.take(), "a rate of 0 persists nothing");
+    }
+}
