@@ -8,6 +8,12 @@
 //! PostgreSQL, and a subscriber that falls more than [`CAPACITY`] measurements behind loses
 //! its place in the channel and is disconnected instead of holding anything up.
 //!
+//! The same listener follows the console's deliveries: the ingest transaction announces its
+//! new messages on `things_messages_inserted` (`store::deliveries`) and the `door_events`
+//! insert trigger its rows on `things_door_events_inserted`; announced rows are read once,
+//! only while someone subscribes to them, and published on their own channel, where a
+//! subscriber that falls behind is told how many it skipped and goes on.
+//!
 //! The hub publishes store rows, not any answer's shape: the SSE endpoint (`api::stream`)
 //! turns them into its JSON, and another consumer may turn them into something else.
 
@@ -18,8 +24,19 @@ use sqlx::postgres::PgNotification;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::deliveries::MESSAGES_CHANNEL;
+use crate::store::deliveries_list::{self, DeliveryRow};
 use crate::store::listen::{self, Listen, Subscriber};
 use crate::store::live::{self, CHANNEL, Inserted, LiveRow};
+
+/// The channel the `door_events` insert trigger notifies with the new rows' ids.
+pub const EVENTS_CHANNEL: &str = "things_door_events_inserted";
+/// Deliveries a subscriber may lag behind before it skips (each holds its body, for the
+/// text filter).
+pub const DELIVERY_CAPACITY: usize = 1024;
+
+/// A new delivery for the live list: the row as the list shows it, and its body.
+pub type LiveDelivery = Arc<(DeliveryRow, Vec<u8>)>;
 
 /// Measurements a subscriber may lag behind before it is dropped.
 pub const CAPACITY: usize = 4096;
@@ -28,6 +45,7 @@ const MAX_ROWS_PER_NOTIFICATION: i64 = 100_000;
 
 pub struct LiveHub {
     sender: broadcast::Sender<Arc<LiveRow>>,
+    deliveries: broadcast::Sender<LiveDelivery>,
     /// Cancelled when the server shuts down, so open streams end and do not hold it up.
     closing: CancellationToken,
 }
@@ -36,6 +54,7 @@ impl Default for LiveHub {
     fn default() -> Self {
         LiveHub {
             sender: broadcast::channel(CAPACITY).0,
+            deliveries: broadcast::channel(DELIVERY_CAPACITY).0,
             closing: CancellationToken::new(),
         }
     }
@@ -44,6 +63,10 @@ impl Default for LiveHub {
 impl LiveHub {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveRow>> {
         self.sender.subscribe()
+    }
+
+    pub fn subscribe_deliveries(&self) -> broadcast::Receiver<LiveDelivery> {
+        self.deliveries.subscribe()
     }
 
     pub fn closing(&self) -> CancellationToken {
@@ -62,7 +85,7 @@ impl LiveHub {
         tokio::spawn(async move {
             let what = Listen {
                 name: "live stream",
-                channels: &[CHANNEL],
+                channels: &[CHANNEL, MESSAGES_CHANNEL, EVENTS_CHANNEL],
                 idle: None,
             };
             let mut publisher = Publisher {
@@ -91,6 +114,11 @@ impl Subscriber for Publisher<'_> {
         let Some(notification) = notification else {
             return Ok(());
         };
+        match notification.channel() {
+            MESSAGES_CHANNEL => return self.messages(notification.payload()).await,
+            EVENTS_CHANNEL => return self.events(notification.payload()).await,
+            _ => {}
+        }
         if self.hub.sender.receiver_count() == 0 {
             return Ok(());
         }
@@ -111,6 +139,45 @@ impl Subscriber for Publisher<'_> {
         for row in live::fetch(self.pool, &inserted).await? {
             // An error only means nobody subscribes right now.
             let _ = self.hub.sender.send(Arc::new(row));
+        }
+        Ok(())
+    }
+}
+
+impl Publisher<'_> {
+    /// Publishes the messages one ingest transaction announced (`min_id,max_id`).
+    async fn messages(&mut self, payload: &str) -> Result<(), sqlx::Error> {
+        if self.hub.deliveries.receiver_count() == 0 {
+            return Ok(());
+        }
+        let range = payload
+            .split_once(',')
+            .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?)))
+            .filter(|(a, b)| a <= b && b - a < MAX_ROWS_PER_NOTIFICATION);
+        let Some((min_id, max_id)) = range else {
+            tracing::warn!(payload, "unexpected messages notification");
+            return Ok(());
+        };
+        for row in deliveries_list::announced_messages(self.pool, min_id, max_id).await? {
+            let _ = self.hub.deliveries.send(Arc::new(row));
+        }
+        Ok(())
+    }
+
+    /// Publishes the door events a statement inserted (their comma-separated ids).
+    async fn events(&mut self, payload: &str) -> Result<(), sqlx::Error> {
+        if self.hub.deliveries.receiver_count() == 0 {
+            return Ok(());
+        }
+        let ids: Vec<uuid::Uuid> = payload
+            .split(',')
+            .filter_map(|id| uuid::Uuid::parse_str(id.trim()).ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for row in deliveries_list::announced_events(self.pool, &ids).await? {
+            let _ = self.hub.deliveries.send(Arc::new(row));
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ use utoipa::openapi::{ContentBuilder, Ref, Response, ResponseBuilder};
         (name = "series", description = "Time-bucketed values for charts"),
         (name = "measurements", description = "Stored measurements: pages, exports, live stream"),
         (name = "messages", description = "Accepted deliveries as received"),
+        (name = "deliveries", description = "Every delivery the doors answered (stored, quarantined, duplicate, spooled, rejected), live and history, and per-destination statistics"),
         (name = "downlinks", description = "Commands for devices, sent through KPN (scope downlink)"),
         (name = "admin", description = "Destinations, API keys and device registrations (scope admin)"),
         (name = "firmware", description = "Firmware images and update campaigns (scope admin)"),
@@ -60,11 +61,12 @@ impl Modify for BearerKey {
 pub struct SharedErrors;
 
 /// The scope each tag's operations require, named in their 403.
-const SCOPE_OF_TAG: [(&str, &str); 7] = [
+const SCOPE_OF_TAG: [(&str, &str); 8] = [
     ("devices", "read"),
     ("series", "read"),
     ("measurements", "read"),
     ("messages", "read"),
+    ("deliveries", "read"),
     ("downlinks", "downlink"),
     ("admin", "admin"),
     ("firmware", "admin"),

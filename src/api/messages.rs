@@ -1,5 +1,6 @@
-//! `GET /api/v1/messages` and `GET /api/v1/messages/{id}/raw`: accepted deliveries, including
-//! quarantined ones, and their bodies exactly as received.
+//! `GET /api/v1/messages`, `GET /api/v1/messages/{id}` and `GET /api/v1/messages/{id}/raw`:
+//! accepted deliveries, including quarantined ones, one with what its page shows, and their
+//! bodies exactly as received.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,10 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -18,7 +22,9 @@ use crate::api::export::{self, ExportRow, Format};
 use crate::api::page::{self, Page};
 use crate::api::{cursor, params};
 use crate::error::{AppError, ErrorBody};
+use crate::senml;
 use crate::store::messages::{self, MessageFilter, MessageRow};
+use crate::store::{deliveries_list, message_detail};
 use crate::time_format::format_time;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -194,4 +200,148 @@ pub async fn raw(
         .await?
         .ok_or(AppError::NotFound("message".into()))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// A record of the body resolved again as ingestion resolved it; exactly one of the value
+/// fields is present (or only `sum`).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = MessageRecord)]
+pub struct Record {
+    device: String,
+    name: String,
+    unit: Option<String>,
+    time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    string: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bool: Option<bool>,
+    /// Base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sum: Option<f64>,
+}
+
+impl From<senml::Measurement> for Record {
+    fn from(m: senml::Measurement) -> Self {
+        let mut record = Record {
+            device: m.device,
+            name: m.name,
+            unit: m.unit,
+            time: format_time(m.time),
+            value: None,
+            string: None,
+            bool: None,
+            data: None,
+            sum: m.sum,
+        };
+        match m.value {
+            Some(senml::Value::Number(v)) => record.value = Some(v),
+            Some(senml::Value::String(s)) => record.string = Some(s),
+            Some(senml::Value::Bool(b)) => record.bool = Some(b),
+            Some(senml::Value::Data(d)) => record.data = Some(STANDARD.encode(d)),
+            None => {}
+        }
+        record
+    }
+}
+
+/// The downlink that rode on a device's answer to this message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RiddenDownlink {
+    id: Uuid,
+    status: String,
+    /// The SenML pack it carried.
+    #[schema(value_type = Object)]
+    body: serde_json::Value,
+    created_at: String,
+}
+
+/// The firmware notification that rode on a device's answer to this message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RiddenFota {
+    campaign: Uuid,
+    target: Uuid,
+    state: String,
+}
+
+/// One message with its body's digest, its answer and its records.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = MessageDetail)]
+pub struct Detail {
+    #[serde(flatten)]
+    item: Item,
+    /// SHA-256 of the exact body, hex.
+    sha256: String,
+    size: usize,
+    /// The HTTP status the sender was answered.
+    status_code: i32,
+    records: Vec<Record>,
+    /// Why it is not a valid SenML pack (quarantined).
+    quarantine_reason: Option<String>,
+    downlink: Option<RiddenDownlink>,
+    fota: Option<RiddenFota>,
+    /// The rejection this message was replayed from.
+    replay_of: Option<Uuid>,
+}
+
+/// One message: the list's item, the digest and size of its body, what we answered, its
+/// records resolved again exactly as ingestion did (at its receipt time), and what rode on
+/// a device's answer.
+#[utoipa::path(
+    get, path = "/messages/{id}", tag = "messages", operation_id = "get_message",
+    params(("id" = i64, Path, description = "The message id")),
+    responses(
+        (status = 200, body = Detail),
+        (status = 400, description = "Not a message id", body = ErrorBody),
+        (status = 404, description = "No such message", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn show(
+    State(pool): State<PgPool>,
+    key: ApiKey,
+    Path(id): Path<String>,
+) -> Result<Json<Detail>, AppError> {
+    key.require(Scope::Read)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| AppError::bad_parameter("id", "expected a message id"))?;
+    let not_found = || AppError::NotFound("message".into());
+    let detail = message_detail::get(&pool, id)
+        .await?
+        .ok_or_else(not_found)?;
+    let listed = deliveries_list::message(&pool, id)
+        .await?
+        .ok_or_else(not_found)?;
+    let (downlink, fota) = tokio::try_join!(
+        message_detail::downlink(&pool, id),
+        message_detail::fota(&pool, id)
+    )?;
+    // The same function ingestion resolved it with, at the same receipt time.
+    let records = senml::resolve(&detail.body, detail.row.received_at)
+        .map(|records| records.into_iter().map(Record::from).collect())
+        .unwrap_or_default();
+    Ok(Json(Detail {
+        sha256: hex::encode(Sha256::digest(&detail.body)),
+        size: detail.body.len(),
+        status_code: listed.status,
+        records,
+        quarantine_reason: detail.row.decode_error.clone(),
+        downlink: downlink.map(|d| RiddenDownlink {
+            id: d.id,
+            status: d.status,
+            body: serde_json::from_str(&d.body).unwrap_or(serde_json::Value::String(d.body)),
+            created_at: format_time(d.created_at),
+        }),
+        fota: fota.map(|f| RiddenFota {
+            campaign: f.campaign,
+            target: f.target,
+            state: f.state,
+        }),
+        replay_of: listed.replay_of,
+        item: Item::from(detail.row),
+    }))
 }

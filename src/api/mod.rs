@@ -4,6 +4,9 @@
 pub mod admin;
 pub mod campaigns;
 pub mod cursor;
+pub mod deliveries;
+pub mod deliveries_stream;
+pub mod destination_stats;
 pub mod devices;
 pub mod docs;
 pub mod downlinks;
@@ -16,6 +19,7 @@ pub mod params;
 pub mod registrations;
 pub mod series;
 pub mod stream;
+pub mod timeline;
 
 use std::sync::Arc;
 
@@ -97,12 +101,17 @@ where
         .routes(routes!(devices::list, registrations::register))
         .routes(routes!(devices::get))
         .routes(routes!(devices::latest))
+        .routes(routes!(timeline::timeline))
         .routes(routes!(series::series))
         .routes(routes!(measurements::list))
         .routes(routes!(stream::stream))
         .routes(routes!(messages::list))
+        .routes(routes!(messages::show))
         .routes(routes!(messages::raw))
+        .routes(routes!(deliveries::list))
+        .routes(routes!(deliveries_stream::stream))
         .routes(routes!(admin::list_destinations, admin::add_destination))
+        .routes(routes!(destination_stats::stats))
         .routes(routes!(admin::rotate_destination))
         .routes(routes!(admin::remove_destination))
         .routes(routes!(admin::list_api_keys, admin::create_api_key))

@@ -249,7 +249,12 @@ pub async fn store_batch(
         .collect())
 }
 
+/// The channel the ingest transaction announces its new messages on, `min_id,max_id` (the
+/// console's live deliveries list, in every process; delivered at commit).
+pub const MESSAGES_CHANNEL: &str = "things_messages_inserted";
+
 /// Inserts the messages at `indices`, skipping those stored before; returns the new ids.
+/// The same statement announces them, so the hot path gains no round trip.
 ///
 /// `ON CONFLICT DO NOTHING` makes a retry a no-op, also when the first attempt is still in
 /// flight in another transaction: this one waits for it and then sees the row.
@@ -308,15 +313,20 @@ async fn insert_messages(
         }
     }
     // No conflict target: a retry conflicts on the destination's or on the device's key.
-    // id, destination_id, device_key_id, token
-    type Inserted = (i64, Option<Uuid>, Option<Uuid>, Vec<u8>);
+    // id, destination_id, device_key_id, token, and the notification's (empty) result,
+    // selected so that no plan can leave the notification out.
+    type Inserted = (i64, Option<Uuid>, Option<Uuid>, Vec<u8>, Option<String>);
     let rows: Vec<Inserted> = sqlx::query_as(
-        "INSERT INTO messages (destination_id, token, received_at, body, headers, status, decode_error, record_count, device_id, door, device_key_id) \
-         SELECT d, t, r, b, h::jsonb, s, e, c, v, o, k \
-         FROM UNNEST($1::uuid[], $2::bytea[], $3::timestamptz[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int4[], $9::int8[], $10::text[], $11::uuid[]) \
-              AS u(d, t, r, b, h, s, e, c, v, o, k) \
-         ON CONFLICT DO NOTHING \
-         RETURNING id, destination_id, device_key_id, token",
+        "WITH i AS ( \
+             INSERT INTO messages (destination_id, token, received_at, body, headers, status, decode_error, record_count, device_id, door, device_key_id) \
+             SELECT d, t, r, b, h::jsonb, s, e, c, v, o, k \
+             FROM UNNEST($1::uuid[], $2::bytea[], $3::timestamptz[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int4[], $9::int8[], $10::text[], $11::uuid[]) \
+                  AS u(d, t, r, b, h, s, e, c, v, o, k) \
+             ON CONFLICT DO NOTHING \
+             RETURNING id, destination_id, device_key_id, token), \
+         n AS (SELECT pg_notify($12, min(id)::text || ',' || max(id)::text)::text AS sent \
+               FROM i HAVING count(*) > 0) \
+         SELECT i.id, i.destination_id, i.device_key_id, i.token, n.sent FROM i LEFT JOIN n ON true",
     )
     .bind(&destination)
     .bind(&token)
@@ -329,11 +339,12 @@ async fn insert_messages(
     .bind(&device)
     .bind(&door)
     .bind(&device_key_id)
+    .bind(MESSAGES_CHANNEL)
     .fetch_all(&mut *tx)
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, destination, key_id, token)| {
+        .filter_map(|(id, destination, key_id, token, _)| {
             let sender = match (destination, key_id) {
                 (Some(d), None) => (false, d),
                 (None, Some(k)) => (true, k),
