@@ -358,6 +358,7 @@ async fn destinations_show_silence_and_an_admin_adds_rotates_and_removes_with_se
     let env = Env::new().await;
     let quiet = env.add_destination("quiet", &[]);
     let busy = env.add_destination("busy", &[]);
+    let stale = env.add_destination("stale", &[]);
     let admin = env.api_key("operator", "admin");
     let read = env.api_key("reader", "read");
     let server = env.serve(&[]);
@@ -369,6 +370,22 @@ async fn destinations_show_silence_and_an_admin_adds_rotates_and_removes_with_se
             .status(),
         200
     );
+    // KPN went quiet two hours ago for this one: its only delivery is moved back in time.
+    assert_eq!(
+        deliver(&client, &server, stale, SECRET, &body)
+            .await
+            .status(),
+        200
+    );
+    let mut db = common::connect(&env.database_url).await;
+    let moved = sqlx::query(
+        "UPDATE messages SET received_at = received_at - interval '2 hours 5 minutes' \
+         WHERE destination_id = (SELECT id FROM destinations WHERE name = 'stale')",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(moved.rows_affected(), 1);
 
     browser.sign_in(&server.base_url, &admin).await;
     browser.goto(&server.url("/console/destinations")).await;
@@ -376,6 +393,14 @@ async fn destinations_show_silence_and_an_admin_adds_rotates_and_removes_with_se
     let busy_row = destination_row(&busy.to_string());
     let silent = browser.wait_text(&format!("{quiet_row} .silent")).await;
     assert_eq!(silent, "nothing received yet");
+    let stale_row = destination_row(&stale.to_string());
+    let stale_silent = browser.wait_text(&format!("{stale_row} .silent")).await;
+    assert_eq!(stale_silent, "nothing for 2 h");
+    let stale_text = browser.text(&stale_row).await;
+    assert!(
+        stale_text.contains("1 stored"),
+        "the day still counts it: {stale_text}"
+    );
     let busy_text = browser.wait_contains(&busy_row, "1 stored").await;
     assert_eq!(
         browser.count(&format!("{busy_row} .silent")).await,
