@@ -40,16 +40,18 @@ function timelineRow(item) {
 }
 
 /**
- * Where an item is explained. A duplicate is its original message when the answer names it,
- * else the door event; downlinks and firmware steps link to the delivery they rode on, when
- * there is one.
+ * Where an item is explained: a stored uplink is its message; a spooled uplink, a refusal
+ * and a duplicate without a message are their door event (the event page shows any event);
+ * downlinks and firmware steps link to the delivery they rode on, when there is one.
  */
 export function itemPath(item) {
   const id = item.id === null || item.id === undefined ? '' : String(item.id);
   const messageId = item.message_id === null || item.message_id === undefined ? '' : String(item.message_id);
   switch (item.kind) {
     case 'uplink':
-      return `/console/deliveries/${encodeURIComponent(messageId || id)}`;
+      // A spooled delivery is an uplink not stored yet: its door event is all there is.
+      if (messageId) return `/console/deliveries/${encodeURIComponent(messageId)}`;
+      return id ? `/console/rejections/${encodeURIComponent(id)}` : null;
     case 'rejection':
       return id ? `/console/rejections/${encodeURIComponent(id)}` : null;
     case 'duplicate':
