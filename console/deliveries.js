@@ -11,7 +11,9 @@ import { clear, el, errorBox, fmtBytes, fmtTime, notice } from './dom.js';
 
 export const DOORS = { destination: 'KPN destination', m2m: 'M2M', ip: 'Internet' };
 const VERDICTS = ['stored', 'quarantined', 'duplicate', 'spooled', 'rejected'];
-const FILTERS = ['door', 'destination', 'device', 'verdict', 'reason', 'from', 'to', 'q'];
+/** Query parameters kept in the URL and passed to the API; `reason` and `limit` (page size)
+ * have no field of their own but survive the form, so a link can carry them. */
+const FILTERS = ['door', 'destination', 'device', 'verdict', 'reason', 'from', 'to', 'q', 'limit'];
 /** Most rows held back while paused; the count goes on past it. */
 const MAX_HELD = 2000;
 

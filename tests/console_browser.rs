@@ -386,6 +386,71 @@ async fn markup_in_a_delivery_stays_text_and_a_quarantine_says_why() {
 }
 
 #[tokio::test]
+async fn load_more_follows_the_cursor_without_repeating_a_row() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(browser) = Browser::start("load_more").await else {
+        return;
+    };
+    let env = Env::new().await;
+    let plug = env.add_destination("acme", &[]);
+    let read = env.api_key("reader", "read");
+    let server = env.serve(&[]);
+    let client = client();
+    for i in 0..5 {
+        let body = pack(DEVICE, &[("temperature", now() - 100 + i, 20.0 + i as f64)]);
+        assert_eq!(
+            deliver(&client, &server, plug, SECRET, &body)
+                .await
+                .status(),
+            200
+        );
+    }
+    let (_, messages) = api_get(&client, &server, &read, "/api/v1/messages").await;
+    let newest_first: Vec<String> = messages["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].to_string())
+        .collect();
+    assert_eq!(newest_first.len(), 5);
+
+    browser.sign_in(&server.base_url, &read).await;
+    browser.goto(&server.url("/console?limit=2")).await;
+    let rows = "return [...document.querySelectorAll('table.deliveries tbody tr')].map(r => r.dataset.id);";
+    browser
+        .until(
+            "the first page of two",
+            WAIT,
+            "return document.querySelectorAll('table.deliveries tbody tr').length === 2 && !document.getElementById('more').hidden;",
+        )
+        .await;
+    for _ in 0..2 {
+        browser.click("button#more").await;
+        browser
+            .until(
+                "the next page",
+                WAIT,
+                "const n = document.querySelectorAll('table.deliveries tbody tr').length; return (n === 4 || n === 5) && !document.getElementById('more').disabled;",
+            )
+            .await;
+        if browser.count("table.deliveries tbody tr").await == 5 {
+            break;
+        }
+    }
+    browser
+        .until(
+            "all five, and no more to load",
+            WAIT,
+            "return document.querySelectorAll('table.deliveries tbody tr').length === 5 && document.getElementById('more').hidden;",
+        )
+        .await;
+    browser.shot("all").await;
+    let shown: Vec<String> = serde_json::from_value(browser.js(rows, vec![]).await).unwrap();
+    assert_eq!(shown, newest_first, "every delivery once, newest first");
+    browser.close().await;
+}
+
+#[tokio::test]
 async fn a_rotated_away_secret_is_diagnosed_and_replay_stores_it_after_the_fix() {
     let _one = ONE_AT_A_TIME.lock().await;
     let Some(browser) = Browser::start("rotated_replay").await else {
