@@ -167,12 +167,14 @@ export async function render(root, ctx) {
 
   if (message.downlink) {
     const d = message.downlink;
-    parts.push(el('h2', { text: 'Downlink in the answer' }), facts([
+    const downlink = facts([
       ['Downlink', String(d.id)],
       ['Status', d.status],
       ['Created', fmtTime(d.created_at)],
       ['Body', el('pre', { text: JSON.stringify(d.body, null, 2) })],
-    ]));
+    ]);
+    downlink.classList.add('downlink');
+    parts.push(el('h2', { text: 'Downlink in the answer' }), downlink);
   }
   if (message.fota) {
     parts.push(el('h2', { text: 'Firmware campaign' }), facts([

@@ -451,6 +451,64 @@ async fn load_more_follows_the_cursor_without_repeating_a_row() {
 }
 
 #[tokio::test]
+async fn a_device_uplink_shows_the_downlink_that_rode_on_its_answer() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(browser) = Browser::start("downlink").await else {
+        return;
+    };
+    let env = Env::new().await;
+    let device_secret = "Dev1ce-Secret-0123456789abcdefghij";
+    env.cli_ok(&["devices", "add", DEVICE, "--secret", device_secret]);
+    let key = env.api_key("ops", "read,downlink");
+    let server = env.serve(&[]);
+    let client = client();
+    let queued = client
+        .post(server.url(&format!("/api/v1/devices/{DEVICE}/downlinks")))
+        .bearer_auth(&key)
+        .json(&json!({"records": [{"n": "led", "vb": true}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 202);
+    let downlink: Value = queued.json().await.unwrap();
+    let body = pack(DEVICE, &[("temperature", now() - 10, 22.5)]);
+    let answer = client
+        .post(server.url("/ingestion/ip/senml/v1"))
+        .header(
+            "Things-Message-Token",
+            Token::sign(&body, device_secret.as_bytes()).to_hex(),
+        )
+        .header("Content-Type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "the answer carries the downlink");
+    let (_, messages) = api_get(&client, &server, &key, "/api/v1/messages").await;
+    let id = messages["items"][0]["id"].to_string();
+
+    browser.sign_in(&server.base_url, &key).await;
+    browser
+        .goto(&server.url(&format!("/console/deliveries/{id}")))
+        .await;
+    let shown = browser.wait_contains("table.downlink", "led").await;
+    assert!(shown.contains(downlink["id"].as_str().unwrap()), "{shown}");
+    assert!(shown.contains("delivered"), "{shown}");
+    let summary = browser.text("table.facts").await;
+    assert!(
+        summary.contains("Internet") && summary.contains("200"),
+        "{summary}"
+    );
+    let send = browser.text("#copy-send-command").await;
+    assert!(
+        send.contains("--door ip") && !send.contains("--plug"),
+        "{send}"
+    );
+    browser.shot("delivery").await;
+    browser.close().await;
+}
+
+#[tokio::test]
 async fn a_rotated_away_secret_is_diagnosed_and_replay_stores_it_after_the_fix() {
     let _one = ONE_AT_A_TIME.lock().await;
     let Some(browser) = Browser::start("rotated_replay").await else {
