@@ -157,6 +157,8 @@ export async function render(root, ctx) {
   let cursor = null;
   let current = -1;
   let stream = null;
+  let skipped = 0;
+  let skippedNote = null;
 
   const key = (item) => `${item.kind}:${item.id}`;
   const updateEmpty = () => { empty.hidden = tbody.rows.length > 0; };
@@ -227,7 +229,13 @@ export async function render(root, ctx) {
       },
       delivery: onDelivery,
       skipped: (data) => {
-        messages.append(notice(`${data.count} deliveries were skipped by the live view (it fell behind); reload to see them.`));
+        skipped += Number(data.count) || 0;
+        if (!skippedNote) {
+          skippedNote = notice('');
+          skippedNote.id = 'skipped';
+          messages.append(skippedNote);
+        }
+        skippedNote.textContent = `${skipped} deliveries were skipped by the live view (it fell behind); reload to see them.`;
       },
     });
   }

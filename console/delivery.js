@@ -60,15 +60,20 @@ function recordValue(record) {
   return '';
 }
 
+/** The records; a device column only when the pack spoke for more than one device. */
 function recordsTable(records) {
+  const devices = new Set(records.map((r) => r.device).filter(Boolean));
+  const several = devices.size > 1;
   const tbody = el('tbody');
   records.forEach((r, i) => tbody.append(el('tr', { 'data-id': String(i) },
+    several ? el('td', { class: 'mono', text: r.device || '' }) : null,
     el('td', { class: 'mono', text: r.name }),
     el('td', { text: r.unit ?? '' }),
     el('td', { class: 'time', text: r.time || '' }),
     el('td', { class: 'num mono', text: recordValue(r) }))));
   return el('table', { class: 'records' },
     el('thead', {}, el('tr', {},
+      several ? el('th', { text: 'Device' }) : null,
       el('th', { text: 'Name' }), el('th', { text: 'Unit' }), el('th', { text: 'Time' }), el('th', { class: 'num', text: 'Value' }))),
     tbody);
 }

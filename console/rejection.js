@@ -80,6 +80,8 @@ function replaySection(id, item) {
     clear(out);
     try {
       const result = await api(`/rejections/${encodeURIComponent(id)}/replay`, { method: 'POST' });
+      button.remove();
+      note.remove();
       out.append(notice(`Replayed: ${result.status} as delivery ${result.message_id}.`),
         messageLink(result.message_id, `Open delivery ${result.message_id}`));
     } catch (e) {

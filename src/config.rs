@@ -134,6 +134,14 @@ pub struct ServeArgs {
     /// How long a delivery may wait for its database commit before it is spooled instead.
     #[arg(long, env = "THINGS_SPOOL_AFTER", default_value = "2s", value_parser = parse_duration)]
     pub spool_after: Duration,
+    /// Refused, duplicate and spooled deliveries written to the database per second at most
+    /// (by this process); the rest stay in the process's in-memory ring of the last 1024.
+    #[arg(long, env = "THINGS_REJECTIONS_RATE", default_value_t = 20)]
+    pub rejections_rate: u32,
+    /// Total size of the recorded door events in the database (e.g. 256MiB); past it the
+    /// oldest are deleted.
+    #[arg(long, env = "THINGS_REJECTIONS_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub rejections_max_bytes: usize,
     /// Most deliveries committed in one transaction (batches form from whatever is queued).
     #[arg(long, env = "THINGS_WRITER_BATCH", default_value_t = 512)]
     pub writer_batch: usize,

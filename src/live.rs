@@ -153,7 +153,10 @@ impl Publisher<'_> {
         let range = payload
             .split_once(',')
             .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?)))
-            .filter(|(a, b)| a <= b && b - a < MAX_ROWS_PER_NOTIFICATION);
+            .filter(|(a, b)| {
+                b.checked_sub(*a)
+                    .is_some_and(|span| (0..MAX_ROWS_PER_NOTIFICATION).contains(&span))
+            });
         let Some((min_id, max_id)) = range else {
             tracing::warn!(payload, "unexpected messages notification");
             return Ok(());

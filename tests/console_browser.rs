@@ -13,9 +13,10 @@ mod browser;
 use std::time::{Duration, Instant};
 
 use browser::{Browser, WAIT};
-use common::{Env, SECRET, api_get, change_destinations, client, deliver};
+use common::{Env, SECRET, api_get, change_destinations, client, deliver, deliver_with};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use things_receiver::token::Token;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -143,6 +144,7 @@ async fn a_signed_delivery_appears_live_and_its_page_shows_the_records() {
         )
         .await;
     let elapsed = sent.elapsed();
+    eprintln!("the live row appeared {elapsed:?} after the delivery was sent");
     assert!(
         elapsed <= Duration::from_secs(2),
         "live row after {elapsed:?}"
@@ -213,6 +215,173 @@ async fn a_signed_delivery_appears_live_and_its_page_shows_the_records() {
     for command in [&send, &curl] {
         assert!(!command.contains(SECRET), "a secret leaked into {command}");
     }
+
+    // Signing out ends the session, not just the page.
+    browser.click("button#signout").await;
+    browser.wait_text("form#signin").await;
+    let status = browser
+        .js_async(
+            "const done = arguments[0]; fetch('/console/session').then(r => done(r.status), e => done(String(e)));",
+            vec![],
+        )
+        .await;
+    assert_eq!(status, json!(401));
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn pause_holds_live_rows_back_and_the_filter_is_in_the_url() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(browser) = Browser::start("pause_filter").await else {
+        return;
+    };
+    let env = Env::new().await;
+    let plug = env.add_destination("acme", &[]);
+    let read = env.api_key("reader", "read");
+    let server = env.serve(&[]);
+    let client = client();
+    let live = "const s = document.querySelector('.live .state.on'); const e = document.querySelector('.empty');\
+                return !!s && !!e && !e.hidden;";
+
+    browser.sign_in(&server.base_url, &read).await;
+    browser.until("the live stream connected", WAIT, live).await;
+    browser.click("button#pause").await;
+    for i in 0..2 {
+        let body = pack(DEVICE, &[("temperature", now() - 10 + i, 20.0)]);
+        assert_eq!(
+            deliver(&client, &server, plug, SECRET, &body)
+                .await
+                .status(),
+            200
+        );
+    }
+    browser.wait_contains("#held", "2 new while paused").await;
+    assert_eq!(
+        browser.count("table.deliveries tbody tr").await,
+        0,
+        "held back while paused"
+    );
+    browser.shot("paused").await;
+    browser.click("button#pause").await;
+    browser
+        .until(
+            "both rows in after Resume",
+            WAIT,
+            "return document.querySelectorAll('table.deliveries tbody tr[data-kind=message]').length === 2;",
+        )
+        .await;
+    assert_eq!(browser.text("#held").await, "");
+    browser.shot("resumed").await;
+
+    // Only refusals: the filter goes into the URL and applies to history and the stream.
+    browser
+        .js(
+            "document.querySelector('form#filters select[name=verdict]').value = 'rejected';",
+            vec![],
+        )
+        .await;
+    browser.click("form#filters button[type=submit]").await;
+    browser
+        .until(
+            "the filtered, empty list with the filter in the URL",
+            WAIT,
+            &format!("return new URLSearchParams(location.search).get('verdict') === 'rejected' && (() => {{ {live} }})();"),
+        )
+        .await;
+    let stored = pack(DEVICE, &[("temperature", now() - 5, 21.0)]);
+    assert_eq!(
+        deliver(&client, &server, plug, SECRET, &stored)
+            .await
+            .status(),
+        200
+    );
+    let wrong = "Wr0ng-Secret#Not.This/Destination!2026";
+    assert_eq!(
+        deliver(&client, &server, plug, wrong, &stored)
+            .await
+            .status(),
+        401
+    );
+    let text = browser
+        .until(
+            "the refusal, live",
+            WAIT,
+            "const r = document.querySelector('table.deliveries tbody tr[data-kind=event]'); return r ? r.innerText : null;",
+        )
+        .await;
+    assert!(text.as_str().unwrap().contains("rejected"), "{text}");
+    assert_eq!(
+        browser
+            .count("table.deliveries tbody tr[data-kind=message]")
+            .await,
+        0,
+        "a stored delivery passed the verdict filter"
+    );
+    browser.shot("filtered").await;
+    // A permalink with the filter draws the same list.
+    browser.client.refresh().await.unwrap();
+    browser
+        .until(
+            "the filtered list after a reload",
+            WAIT,
+            "return document.querySelector('form#filters select[name=verdict]')?.value === 'rejected'\
+             && document.querySelectorAll('table.deliveries tbody tr[data-kind=event]').length === 1\
+             && document.querySelectorAll('table.deliveries tbody tr[data-kind=message]').length === 0;",
+        )
+        .await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn markup_in_a_delivery_stays_text_and_a_quarantine_says_why() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(browser) = Browser::start("markup").await else {
+        return;
+    };
+    let env = Env::new().await;
+    let plug = env.add_destination("acme", &[]);
+    let read = env.api_key("reader", "read");
+    let server = env.serve(&[]);
+    let client = client();
+    // Not a valid SenML name, so it is quarantined, and markup in the body and a header.
+    let body = br#"[{"bn":"urn:dev:IMEI:356938035643809:","n":"<img src=x id=pwned-body>","v":1}]"#;
+    let token = Token::sign(body, SECRET.as_bytes()).to_hex();
+    let answer = deliver_with(
+        &client,
+        &server,
+        plug,
+        &token,
+        body,
+        &[("x-note", "<b id=\"pwned-header\">bold</b>")],
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+    let (_, messages) = api_get(&client, &server, &read, "/api/v1/messages").await;
+    let id = messages["items"][0]["id"].to_string();
+
+    browser.sign_in(&server.base_url, &read).await;
+    browser
+        .goto(&server.url(&format!("/console/deliveries/{id}")))
+        .await;
+    let reason = browser.wait_text(".quarantine").await;
+    assert!(!reason.is_empty());
+    let raw = browser
+        .js("return document.getElementById('raw').textContent;", vec![])
+        .await;
+    assert_eq!(raw.as_str().unwrap().as_bytes(), body.as_slice());
+    let headers = browser.text("table.headers").await;
+    assert!(
+        headers.contains("<b id=\"pwned-header\">bold</b>"),
+        "{headers}"
+    );
+    browser.shot("quarantined").await;
+    let injected = browser
+        .js(
+            "return ['pwned-body', 'pwned-header'].filter(id => document.getElementById(id)).length;",
+            vec![],
+        )
+        .await;
+    assert_eq!(injected, json!(0), "markup from a delivery became elements");
     browser.close().await;
 }
 

@@ -33,6 +33,7 @@ use utoipa::openapi::{ContentBuilder, Ref, Response, ResponseBuilder};
         (name = "downlinks", description = "Commands for devices, sent through KPN (scope downlink)"),
         (name = "admin", description = "Destinations, API keys and device registrations (scope admin)"),
         (name = "firmware", description = "Firmware images and update campaigns (scope admin)"),
+        (name = "rejections", description = "What the doors refused, why, and its replay (diagnosis and replay: scope admin)"),
     )
 )]
 pub struct ApiDoc;

@@ -17,6 +17,7 @@ pub mod messages;
 pub mod page;
 pub mod params;
 pub mod registrations;
+pub mod rejections;
 pub mod series;
 pub mod stream;
 pub mod timeline;
@@ -32,6 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::admin::ApiKey;
+use crate::ingest::IngestState;
 use crate::live::LiveHub;
 use admin::AdminState;
 
@@ -95,6 +97,7 @@ where
     ApiSettings: FromRef<S>,
     AdminState: FromRef<S>,
     Arc<LiveHub>: FromRef<S>,
+    IngestState: FromRef<S>,
     ApiKey: FromRequestParts<S>,
 {
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
@@ -126,6 +129,9 @@ where
         .routes(routes!(campaigns::list, campaigns::start))
         .routes(routes!(campaigns::get))
         .routes(routes!(campaigns::cancel))
+        .routes(routes!(rejections::list))
+        .routes(routes!(rejections::get))
+        .routes(routes!(rejections::replay))
 }
 
 /// The routes under `/api/v1`, with the OpenAPI document (`/openapi.json`) made from them.
@@ -136,6 +142,7 @@ where
     ApiSettings: FromRef<S>,
     AdminState: FromRef<S>,
     Arc<LiveHub>: FromRef<S>,
+    IngestState: FromRef<S>,
     ApiKey: FromRequestParts<S>,
 {
     let (router, mut openapi) = documented::<S>().split_for_parts();

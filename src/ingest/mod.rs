@@ -18,7 +18,9 @@
 //! given an [`IngestState`] and nothing else.
 
 pub mod delivery;
+pub mod diagnosis;
 pub mod doors;
+pub mod events;
 pub mod headers;
 pub mod pipeline;
 pub mod spool;

@@ -68,6 +68,22 @@ impl Pipeline {
 
     /// Resolves and stores a verified delivery; returns only once it is durable.
     pub async fn accept(&self, raw: RawDelivery) -> Result<Accepted, PipelineError> {
+        let answers_device = matches!(raw.sender, Sender::Device { .. });
+        self.accept_as(raw, answers_device).await
+    }
+
+    /// As [`accept`](Self::accept), for a delivery nobody waits for the answer of (an
+    /// admin's replay of a recorded uplink): no queued downlink or firmware notification
+    /// rides on it, so none is lost.
+    pub async fn accept_unanswered(&self, raw: RawDelivery) -> Result<Accepted, PipelineError> {
+        self.accept_as(raw, false).await
+    }
+
+    async fn accept_as(
+        &self,
+        raw: RawDelivery,
+        answers_device: bool,
+    ) -> Result<Accepted, PipelineError> {
         let now = Utc::now().timestamp_millis();
         // Skip the database only while it is suspect and the spool is not yet drained: an
         // empty spool means the replayer (or nobody) has found the database down since.
@@ -75,7 +91,7 @@ impl Pipeline {
         if !suspect || self.spool.depth().0 == 0 {
             let mut delivery = Delivery::resolve(raw.clone());
             // The sender is waiting for this answer: a device's may carry a downlink.
-            delivery.answers_device = matches!(raw.sender, Sender::Device { .. });
+            delivery.answers_device = answers_device;
             let reason =
                 match tokio::time::timeout(self.spool_after, self.writer.submit(delivery)).await {
                     Ok(Ok(receipt)) => return Ok(Accepted::Stored(receipt)),

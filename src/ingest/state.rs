@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use crate::ingest::events::Recorder;
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::verify::destinations::SecretCache;
 use crate::ingest::verify::devices::DeviceKeyCache;
@@ -23,6 +24,8 @@ pub struct IngestState {
     pub max_body: usize,
     /// Largest accepted device uplink body, in bytes.
     pub device_max_body: usize,
+    /// Where the doors record refusals, duplicates and spooled deliveries.
+    pub events: Recorder,
 }
 
 /// The limits every door shares.
@@ -40,6 +43,7 @@ impl IngestState {
         devices: Arc<DeviceKeyCache>,
         pipeline: Pipeline,
         limits: DoorLimits,
+        events: Recorder,
     ) -> Self {
         IngestState {
             secrets,
@@ -48,6 +52,7 @@ impl IngestState {
             slots: Arc::new(Semaphore::new(limits.max_inflight.max(1))),
             max_body: limits.max_body,
             device_max_body: limits.device_max_body,
+            events,
         }
     }
 }

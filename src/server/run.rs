@@ -197,6 +197,7 @@ pub async fn run(
             devices.stop(GRACE_PERIOD).await;
         }
         wired.writer_task.finish().await;
+        wired.recorder_task.finish().await;
         tasks.cancel();
         // The progress of the last parts served, which the periodic writer may have missed.
         if let Err(e) = files.progress.flush(&database.pool).await {

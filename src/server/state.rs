@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeArgs;
 use crate::downlink::worker::Running;
+use crate::ingest::events::{Recorder, RecorderTask, WriterLimits};
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::spool::Spool;
 use crate::ingest::verify::destinations::SecretCache;
@@ -24,6 +25,8 @@ pub(super) struct Wired {
     pub state: AppState,
     /// Finished after the listener has stopped, so every accepted delivery is written.
     pub writer_task: WriterTask,
+    /// Finished after the writer: flushes the door events still queued.
+    pub recorder_task: RecorderTask,
 }
 
 /// The caches the doors verify senders against, loaded and kept current by `run`.
@@ -80,6 +83,13 @@ pub(super) fn build(
         base_url: args.fota.fota_base_url.clone(),
         version_name: args.fota.fota_version_name.clone(),
     };
+    let (events, recorder_task) = Recorder::start(
+        database.pool.clone(),
+        WriterLimits {
+            rate: f64::from(args.rejections_rate),
+            max_bytes: args.rejections_max_bytes as u64,
+        },
+    );
     let live = Arc::new(crate::live::LiveHub::default());
     live.clone()
         .spawn_listener(database.stream_pool.clone(), tasks.clone());
@@ -94,6 +104,7 @@ pub(super) fn build(
                 max_body: args.max_body,
                 device_max_body: args.device_max_body,
             },
+            events,
         ),
         api_keys: ApiKeyState {
             pool: database.pool.clone(),
@@ -112,5 +123,9 @@ pub(super) fn build(
         files,
         notifier: crate::firmware::notification::Notifier { key: key.clone() },
     };
-    Ok(Wired { state, writer_task })
+    Ok(Wired {
+        state,
+        writer_task,
+        recorder_task,
+    })
 }

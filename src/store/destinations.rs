@@ -106,3 +106,14 @@ pub async fn bind_plug<'e>(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// The name of a removed destination that had this plug, newest removal first.
+pub async fn removed_with_plug(pool: &PgPool, plug: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT name FROM destinations WHERE plug = $1 AND removed_at IS NOT NULL \
+         ORDER BY removed_at DESC LIMIT 1",
+    )
+    .bind(plug)
+    .fetch_optional(pool)
+    .await
+}

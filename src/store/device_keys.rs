@@ -111,3 +111,13 @@ pub async fn rotate(
 pub async fn remove(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     sealed_secrets::remove(pool, "device_keys", id).await
 }
+
+/// Whether a registration of this normalised URN was removed.
+pub async fn was_removed(pool: &PgPool, urn_key: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM device_keys WHERE urn_key = $1 AND removed_at IS NOT NULL)",
+    )
+    .bind(urn_key)
+    .fetch_one(pool)
+    .await
+}

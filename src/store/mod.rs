@@ -14,6 +14,7 @@ pub mod destinations;
 pub mod device_keys;
 pub mod device_uplinks;
 pub mod devices;
+pub mod door_events;
 pub mod downlinks;
 pub mod embedded;
 pub mod firmware;

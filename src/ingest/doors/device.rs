@@ -9,15 +9,17 @@
 //! and, during an overlap, the previous secret (401), then the pipeline every door shares.
 //! Either door accepts any registered device; the door is recorded with the message.
 
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 
 use crate::error::{AppError, PlainText};
 use crate::firmware::notification::Notifier;
 use crate::ingest::IngestState;
-use crate::ingest::delivery::{DeviceDoor, DeviceReply, RawDelivery, Sender};
+use crate::ingest::delivery::{DeviceDoor, DeviceReply, RawDelivery, Sender, StoreOutcome};
+use crate::ingest::events::{Accepted as DoorAccepted, Seen};
 use crate::ingest::headers::extra_headers;
 use crate::ingest::pipeline::Accepted;
 use crate::ingest::verify::devices::DeviceVerifyFailure;
@@ -54,7 +56,30 @@ async fn receive(
 ) -> Response {
     // Shares the in-flight slots with every other door.
     let result = match state.slots.try_acquire() {
-        Ok(_permit) => receive_inner(state, door, request).await,
+        Ok(_permit) => {
+            let (parts, body) = request.into_parts();
+            let mut seen = Seen::default();
+            // Recorded once the answer is decided, and without changing it.
+            match receive_inner(state, door, &parts.headers, body, &mut seen).await {
+                Err(e) => {
+                    state
+                        .events
+                        .refused(door.as_str(), &e, &parts.headers, seen);
+                    Err(e)
+                }
+                Ok((accepted, reply, unstored)) => {
+                    if let Some(unstored) = unstored {
+                        // What `answer` will say: 200 with a pack, else 202.
+                        let status = match &reply {
+                            Some(r) if r.fota.is_some() || r.downlink.is_some() => 200,
+                            _ => 202,
+                        };
+                        state.events.accepted(unstored, status, &parts.headers);
+                    }
+                    Ok((accepted, reply))
+                }
+            }
+        }
         Err(_) => Err(AppError::Overloaded),
     };
     let outcome = match &result {
@@ -69,47 +94,51 @@ async fn receive(
     }
 }
 
+/// The outcome and the answer's pack; for a duplicate or spooled uplink, what to record of
+/// it. `seen` gathers what a refusal is recorded with, at no cost to a stored uplink.
 async fn receive_inner(
     state: &IngestState,
     door: DeviceDoor,
-    request: Request,
-) -> Result<(Accepted, Option<DeviceReply>), AppError> {
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers;
+    headers: &HeaderMap,
+    body: Body,
+    seen: &mut Seen,
+) -> Result<(Accepted, Option<DeviceReply>, Option<DoorAccepted>), AppError> {
     let limit = state.device_max_body;
-    if declared_length(&headers).is_some_and(|length| length > limit as u64) {
+    if declared_length(headers).is_some_and(|length| length > limit as u64) {
         return Err(AppError::PayloadTooLarge(limit));
     }
-    let token = token_header(&headers)?;
+    let token = token_header(headers)?;
     let body = read_body(body, limit).await?;
     let received_at = Utc::now();
 
     let urn_key = match peek_device(&body) {
         Ok(bn) => device_key(&bn),
-        Err(PeekError::NotAnArray) => return Err(AppError::NotADevicePack("not a JSON array")),
-        Err(PeekError::NoBaseName) => {
-            return Err(AppError::NotADevicePack(
-                "the first record has no string bn",
-            ));
+        Err(e) => {
+            let reason = match e {
+                PeekError::NotAnArray => "not a JSON array",
+                PeekError::NoBaseName => "the first record has no string bn",
+            };
+            seen.received_at = Some(received_at);
+            seen.body = Some(body);
+            return Err(AppError::NotADevicePack(reason));
         }
     };
     let digest = BodyDigest::new(&body);
-    let device = state
-        .devices
-        .verify(&urn_key, &digest, &token)
-        .map_err(|reason| {
-            metrics::counter!("things_verification_failures_total", "door" => door.as_str(), "reason" => reason.as_str())
-                .increment(1);
-            if !state.devices.is_current() {
-                // The device may have been registered or rotated while we could not hear of
-                // it: let it retry rather than reject what may be valid.
-                AppError::Unavailable("device registrations cannot be checked right now".into())
-            } else if reason == DeviceVerifyFailure::Unknown {
-                AppError::UnknownDevice
-            } else {
-                AppError::DeviceNotVerified
-            }
-        })?;
+    let verified = state.devices.verify(&urn_key, &digest, &token);
+    let device = match verified {
+        Ok(device) => device,
+        Err(reason) => {
+            seen.received_at = Some(received_at);
+            // The `bn` as sent, read again: only a refusal pays for its copy.
+            let sent = peek_device(&body)
+                .map(|bn| bn.into_owned())
+                .unwrap_or_default();
+            seen.device = Some((sent, urn_key));
+            seen.body = Some(body);
+            return Err(refusal(state, door, reason));
+        }
+    };
+    let body_size = body.len();
 
     let raw = RawDelivery {
         sender: Sender::Device {
@@ -120,9 +149,28 @@ async fn receive_inner(
         token,
         received_at,
         body,
-        headers: extra_headers(&headers),
+        headers: extra_headers(headers),
     };
     let accepted = state.pipeline.accept(raw).await?;
+    let unstored = match &accepted {
+        Accepted::Spooled => Some("spooled"),
+        Accepted::Stored(receipt) if receipt.outcome == StoreOutcome::Duplicate => {
+            Some("duplicate")
+        }
+        Accepted::Stored(_) => None,
+    }
+    .map(|verdict| DoorAccepted {
+        door: door.as_str(),
+        verdict,
+        received_at,
+        body_size,
+        plug: None,
+        // The registration's normalised URN: the body went to the pipeline.
+        device: Some((device.urn_key.clone(), device.urn_key.clone())),
+        destination_id: None,
+        device_key_id: Some(device.id),
+        token: token.0,
+    });
     if accepted.as_str() == "quarantined" {
         tracing::warn!(device = %device.urn_key, door = door.as_str(), "uplink quarantined: not a valid SenML pack of its device");
     }
@@ -131,7 +179,23 @@ async fn receive_inner(
         // Spooled: the downlinks stay queued for the next uplink.
         Accepted::Spooled => None,
     };
-    Ok((accepted, reply))
+    Ok((accepted, reply, unstored))
+}
+
+/// The answer to an uplink that did not verify: 404 for an unregistered device (as KPN
+/// answers), 401 for a wrong token.
+fn refusal(state: &IngestState, door: DeviceDoor, reason: DeviceVerifyFailure) -> AppError {
+    metrics::counter!("things_verification_failures_total", "door" => door.as_str(), "reason" => reason.as_str())
+        .increment(1);
+    if !state.devices.is_current() {
+        // The device may have been registered or rotated while we could not hear of it: let
+        // it retry rather than reject what may be valid.
+        AppError::Unavailable("device registrations cannot be checked right now".into())
+    } else if reason == DeviceVerifyFailure::Unknown {
+        AppError::UnknownDevice
+    } else {
+        AppError::DeviceNotVerified
+    }
 }
 
 /// 202 with an empty body, or 200 with one SenML pack (the firmware notification ahead of

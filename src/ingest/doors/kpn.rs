@@ -1,6 +1,7 @@
 //! The KPN Things destination door: `POST /ingest/kpn` (and `GET` with a body, which a KPN
 //! destination can be configured to send).
 
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -9,7 +10,8 @@ use uuid::Uuid;
 
 use crate::error::AppError;
 use crate::ingest::IngestState;
-use crate::ingest::delivery::{RawDelivery, Sender};
+use crate::ingest::delivery::{RawDelivery, Sender, StoreOutcome};
+use crate::ingest::events::{Accepted as DoorAccepted, Seen};
 use crate::ingest::headers::extra_headers;
 use crate::ingest::pipeline::Accepted;
 use crate::ingest::verify::destinations::VerifyFailure;
@@ -30,7 +32,23 @@ pub async fn receive(State(state): State<IngestState>, request: Request) -> Resp
     let Ok(_permit) = state.slots.try_acquire() else {
         return count(Err(AppError::Overloaded)).into_response();
     };
-    count(receive_inner(&state, request).await).into_response()
+    let (parts, body) = request.into_parts();
+    let mut seen = Seen::default();
+    // Recorded once the answer is decided, and without changing it.
+    let result = match receive_inner(&state, &parts.headers, body, &mut seen).await {
+        Err(e) => {
+            state.events.refused(DOOR, &e, &parts.headers, seen);
+            Err(e)
+        }
+        Ok((response, unstored)) => {
+            if let Some(unstored) = unstored {
+                let status = response.status().as_u16();
+                state.events.accepted(unstored, status, &parts.headers);
+            }
+            Ok(response)
+        }
+    };
+    count(result).into_response()
 }
 
 /// Records the outcome by door; the metric names are the project's, stable for dashboards.
@@ -50,41 +68,35 @@ fn count(result: Result<Response, AppError>) -> Result<Response, AppError> {
 #[derive(Clone, Copy)]
 struct Outcome(&'static str);
 
-async fn receive_inner(state: &IngestState, request: Request) -> Result<Response, AppError> {
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers;
+/// The answer, and for a duplicate or spooled delivery what to record of it. `seen` gathers
+/// what a refusal is recorded with, at no cost to a delivery that is stored.
+async fn receive_inner(
+    state: &IngestState,
+    headers: &HeaderMap,
+    body: Body,
+    seen: &mut Seen,
+) -> Result<(Response, Option<DoorAccepted>), AppError> {
     // Size first: a declared length over the limit is refused whatever else is wrong.
-    if declared_length(&headers).is_some_and(|length| length > state.max_body as u64) {
+    if declared_length(headers).is_some_and(|length| length > state.max_body as u64) {
         return Err(AppError::PayloadTooLarge(state.max_body));
     }
-    let plug = plug_header(&headers)?;
-    let token = token_header(&headers)?;
+    let plug = plug_header(headers)?;
+    seen.plug = Some(plug);
+    let token = token_header(headers)?;
     let body = read_body(body, state.max_body).await?;
     // Received once the whole body is in, as before the door read it itself.
     let received_at = Utc::now();
 
     let digest = BodyDigest::new(&body);
-    let verified = state
-        .secrets
-        .verify(plug, &digest, &token)
-        .and_then(|v| {
-            if v.destination.headers_match(&headers) {
-                Ok(v)
-            } else {
-                Err(VerifyFailure::WrongToken)
-            }
-        })
-        .map_err(|reason| {
-            metrics::counter!("things_verification_failures_total", "door" => DOOR, "reason" => reason.as_str())
-                .increment(1);
-            if state.secrets.is_current() {
-                AppError::NotVerified
-            } else {
-                // The destination may have been added or rotated while we could not hear of
-                // it: let KPN retry rather than reject what may be valid.
-                AppError::Unavailable("destinations cannot be checked right now".into())
-            }
-        })?;
+    let verified = match state.secrets.verify_request(plug, headers, &digest, &token) {
+        Ok(verified) => verified,
+        Err(reason) => {
+            seen.received_at = Some(received_at);
+            seen.body = Some(body);
+            return Err(refusal(state, reason));
+        }
+    };
+    let body_size = body.len();
 
     let raw = RawDelivery {
         sender: Sender::Destination {
@@ -94,9 +106,27 @@ async fn receive_inner(state: &IngestState, request: Request) -> Result<Response
         token,
         received_at,
         body,
-        headers: extra_headers(&headers),
+        headers: extra_headers(headers),
     };
     let accepted = state.pipeline.accept(raw).await?;
+    let unstored = match &accepted {
+        Accepted::Spooled => Some("spooled"),
+        Accepted::Stored(receipt) if receipt.outcome == StoreOutcome::Duplicate => {
+            Some("duplicate")
+        }
+        Accepted::Stored(_) => None,
+    }
+    .map(|verdict| DoorAccepted {
+        door: DOOR,
+        verdict,
+        received_at,
+        body_size,
+        plug: Some(plug),
+        device: None,
+        destination_id: Some(verified.destination.id),
+        device_key_id: None,
+        token: token.0,
+    });
 
     // Spooled, the binding is not in the database yet: the next delivery for this plug
     // matches the pending secret again and carries the same binding.
@@ -119,7 +149,21 @@ async fn receive_inner(state: &IngestState, request: Request) -> Result<Response
         (code, axum::Json(serde_json::json!({ "status": status }))).into_response()
     };
     response.extensions_mut().insert(Outcome(status));
-    Ok(response)
+    Ok((response, unstored))
+}
+
+/// The answer to a delivery that did not verify: the same for an unknown plug and a wrong
+/// token (the metric's reason is for operators' dashboards of this process only).
+fn refusal(state: &IngestState, reason: VerifyFailure) -> AppError {
+    metrics::counter!("things_verification_failures_total", "door" => DOOR, "reason" => reason.as_str())
+        .increment(1);
+    if state.secrets.is_current() {
+        AppError::NotVerified
+    } else {
+        // The destination may have been added or rotated while we could not hear of it: let
+        // KPN retry rather than reject what may be valid.
+        AppError::Unavailable("destinations cannot be checked right now".into())
+    }
 }
 
 fn plug_header(headers: &HeaderMap) -> Result<Uuid, AppError> {

@@ -275,6 +275,25 @@ impl SecretCache {
         self.snapshot().verify(plug, digest, token, Utc::now())
     }
 
+    /// The door's whole check of a delivery: [`verify`](Self::verify), then the required
+    /// static headers of the destination found. The destination door and a replay of a
+    /// recorded request both call this, so a replay is accepted exactly when the door would.
+    pub fn verify_request(
+        &self,
+        plug: Uuid,
+        headers: &HeaderMap,
+        digest: &BodyDigest,
+        token: &Token,
+    ) -> Result<Verified, VerifyFailure> {
+        self.verify(plug, digest, token).and_then(|v| {
+            if v.destination.headers_match(headers) {
+                Ok(v)
+            } else {
+                Err(VerifyFailure::WrongToken)
+            }
+        })
+    }
+
     /// Whether the cache is known to match the database: false while the change listener is
     /// disconnected, when a destination may have been added or rotated without our knowing.
     pub fn is_current(&self) -> bool {
