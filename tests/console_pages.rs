@@ -189,6 +189,13 @@ async fn devices_are_searched_by_urn_and_the_search_stays_in_the_url() {
         browser.js("return location.pathname;", vec![]).await,
         json!(format!("/console/devices/{}", segment(MODEM)))
     );
+
+    // A device never seen is said to be so, not drawn empty.
+    browser
+        .goto(&server.url("/console/devices/urn%3Adev%3AIMEI%3A000000000000000%3A"))
+        .await;
+    let error = browser.wait_text(".error").await;
+    assert!(error.contains("No device"), "{error}");
     browser.close().await;
 }
 
@@ -326,6 +333,39 @@ async fn a_device_chart_zooms_by_drag_and_resets_by_double_click_beside_its_text
         .await;
     assert_eq!(href, json!(format!("/console/deliveries/{id}")));
     browser.shot("values").await;
+
+    // A preset puts its range in the address and the axis follows it.
+    browser.click(".range button[data-range='1h']").await;
+    until_span(
+        &browser,
+        "the chart over the last hour",
+        "Math.abs(s - 3600) < 60",
+    )
+    .await;
+    assert_eq!(
+        browser.js("return location.search;", vec![]).await,
+        json!("?range=1h")
+    );
+
+    // So does a custom range typed into the form (local time, as the axis shows it).
+    browser
+        .js(
+            "const f = document.querySelector('.range form.custom'); \
+             const t = new Date(Date.now() - 600e3), s = new Date(t - 5400e3); \
+             const local = d => new Date(d - d.getTimezoneOffset() * 60e3).toISOString().slice(0, 19); \
+             f.elements.from.value = local(s); f.elements.to.value = local(t); f.requestSubmit();",
+            vec![],
+        )
+        .await;
+    until_span(
+        &browser,
+        "the chart over the custom range",
+        "Math.abs(s - 5400) < 2",
+    )
+    .await;
+    let query = browser.js("return location.search;", vec![]).await;
+    let query = query.as_str().unwrap();
+    assert!(query.contains("from=") && query.contains("to="), "{query}");
     browser.close().await;
 }
 
