@@ -18,6 +18,7 @@
 //! turns them into its JSON, and another consumer may turn them into something else.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgNotification;
@@ -35,8 +36,21 @@ pub const EVENTS_CHANNEL: &str = "things_door_events_inserted";
 /// text filter).
 pub const DELIVERY_CAPACITY: usize = 1024;
 
-/// A new delivery for the live list: the row as the list shows it, and its body.
-pub type LiveDelivery = Arc<(DeliveryRow, Vec<u8>)>;
+/// What the live list hears: a new delivery (the row as the list shows it, and its body), or
+/// how many announced deliveries the hub did not read because it fell behind.
+#[derive(Clone)]
+pub enum LiveDelivery {
+    Row(Arc<(DeliveryRow, Vec<u8>)>),
+    Skipped(u64),
+}
+
+/// Announced message ranges are read together at most this often (and after this long
+/// without a notification), so that a busy ingest costs one read of a few hundred rows every
+/// tenth of a second, not one per transaction.
+const DELIVERY_FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Most announced messages one read takes; past it the oldest ranges are skipped, and the
+/// subscribers told how many.
+const MAX_DELIVERIES_PER_FLUSH: i64 = 2000;
 
 /// Measurements a subscriber may lag behind before it is dropped.
 pub const CAPACITY: usize = 4096;
@@ -86,11 +100,13 @@ impl LiveHub {
             let what = Listen {
                 name: "live stream",
                 channels: &[CHANNEL, MESSAGES_CHANNEL, EVENTS_CHANNEL],
-                idle: None,
+                idle: Some(DELIVERY_FLUSH_EVERY),
             };
             let mut publisher = Publisher {
                 hub: &self,
                 pool: &pool,
+                pending: Vec::new(),
+                flushed_at: Instant::now(),
             };
             listen::listen(&pool, what, &mut publisher, &shutdown).await;
         });
@@ -101,6 +117,9 @@ impl LiveHub {
 struct Publisher<'a> {
     hub: &'a LiveHub,
     pool: &'a PgPool,
+    /// Announced message ranges not read yet.
+    pending: Vec<(i64, i64)>,
+    flushed_at: Instant,
 }
 
 impl Subscriber for Publisher<'_> {
@@ -112,7 +131,8 @@ impl Subscriber for Publisher<'_> {
 
     async fn notified(&mut self, notification: Option<PgNotification>) -> Result<(), sqlx::Error> {
         let Some(notification) = notification else {
-            return Ok(());
+            // Quiet for a moment: what is pending goes out now.
+            return self.flush_messages().await;
         };
         match notification.channel() {
             MESSAGES_CHANNEL => return self.messages(notification.payload()).await,
@@ -145,9 +165,11 @@ impl Subscriber for Publisher<'_> {
 }
 
 impl Publisher<'_> {
-    /// Publishes the messages one ingest transaction announced (`min_id,max_id`).
+    /// Takes note of the messages one ingest transaction announced (`min_id,max_id`), and
+    /// reads what is pending once [`DELIVERY_FLUSH_EVERY`] has passed since the last read.
     async fn messages(&mut self, payload: &str) -> Result<(), sqlx::Error> {
         if self.hub.deliveries.receiver_count() == 0 {
+            self.pending.clear();
             return Ok(());
         }
         let range = payload
@@ -157,12 +179,36 @@ impl Publisher<'_> {
                 b.checked_sub(*a)
                     .is_some_and(|span| (0..MAX_ROWS_PER_NOTIFICATION).contains(&span))
             });
-        let Some((min_id, max_id)) = range else {
+        let Some(range) = range else {
             tracing::warn!(payload, "unexpected messages notification");
             return Ok(());
         };
-        for row in deliveries_list::announced_messages(self.pool, min_id, max_id).await? {
-            let _ = self.hub.deliveries.send(Arc::new(row));
+        self.pending.push(range);
+        if self.flushed_at.elapsed() >= DELIVERY_FLUSH_EVERY {
+            self.flush_messages().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads every pending range in one go and publishes the rows. Past
+    /// [`MAX_DELIVERIES_PER_FLUSH`] announced rows (the hub fell behind a busy ingest), the
+    /// newest ranges are read and the others counted as skipped, so the stream stays current
+    /// and says what it left out.
+    async fn flush_messages(&mut self) -> Result<(), sqlx::Error> {
+        self.flushed_at = Instant::now();
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut ranges = std::mem::take(&mut self.pending);
+        if self.hub.deliveries.receiver_count() == 0 {
+            return Ok(());
+        }
+        let skipped = newest_within(&mut ranges, MAX_DELIVERIES_PER_FLUSH);
+        if skipped > 0 {
+            let _ = self.hub.deliveries.send(LiveDelivery::Skipped(skipped));
+        }
+        for row in deliveries_list::announced_messages(self.pool, &ranges).await? {
+            let _ = self.hub.deliveries.send(LiveDelivery::Row(Arc::new(row)));
         }
         Ok(())
     }
@@ -180,8 +226,42 @@ impl Publisher<'_> {
             return Ok(());
         }
         for row in deliveries_list::announced_events(self.pool, &ids).await? {
-            let _ = self.hub.deliveries.send(Arc::new(row));
+            let _ = self.hub.deliveries.send(LiveDelivery::Row(Arc::new(row)));
         }
         Ok(())
+    }
+}
+
+/// Keeps the newest of the announced `ranges` that fit in `cap` rows together; returns how
+/// many rows the others announced.
+fn newest_within(ranges: &mut Vec<(i64, i64)>, cap: i64) -> u64 {
+    ranges.sort_unstable_by_key(|&(_, hi)| std::cmp::Reverse(hi));
+    let mut taken = 0;
+    let mut skipped: u64 = 0;
+    ranges.retain(|&(lo, hi)| {
+        let rows = hi - lo + 1;
+        if taken + rows <= cap {
+            taken += rows;
+            true
+        } else {
+            skipped += u64::try_from(rows).unwrap_or(0);
+            false
+        }
+    });
+    skipped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::newest_within;
+
+    #[test]
+    fn a_read_takes_the_newest_ranges_and_counts_the_rest() {
+        let mut ranges = vec![(1, 10), (21, 30), (11, 20), (31, 40)];
+        assert_eq!(newest_within(&mut ranges, 25), 20);
+        assert_eq!(ranges, vec![(31, 40), (21, 30)]);
+        let mut all = vec![(1, 5), (6, 6)];
+        assert_eq!(newest_within(&mut all, 2000), 0);
+        assert_eq!(all.len(), 2);
     }
 }

@@ -57,9 +57,10 @@ async fn insert_event(env: &Env, e: NewEvent<'_>) -> uuid::Uuid {
     let mut db = connect(&env.database_url).await;
     sqlx::query(
         "INSERT INTO door_events (id, received_at, door, verdict, status, reason, plug, \
-                                  device_urn, message_id, body, body_size, stored_bytes) \
+                                  device_urn, message_id, body, body_size, stored_bytes, \
+                                  device_key) \
          VALUES ($1, coalesce($2::timestamptz, now() - make_interval(secs => $3)), $4, $5, $6, \
-                 $7, $8, $9, $10, $11, $12, 100)",
+                 $7, $8, $9, $10, $11, $12, 100, $13)",
     )
     .bind(id)
     .bind(e.at)
@@ -73,6 +74,8 @@ async fn insert_event(env: &Env, e: NewEvent<'_>) -> uuid::Uuid {
     .bind(e.message_id)
     .bind(e.body)
     .bind(e.body.len() as i64)
+    // The recorder keeps a device door's first `bn` normalised beside it, as sent.
+    .bind(e.device.map(things_receiver::senml::device_key))
     .execute(&mut db)
     .await
     .unwrap();

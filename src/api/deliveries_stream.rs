@@ -59,7 +59,13 @@ pub async fn stream(
                 received = s.receiver.recv() => received,
             };
             match received {
-                Ok(delivery) => {
+                Ok(LiveDelivery::Skipped(count)) => {
+                    let event = Event::default()
+                        .event("skipped")
+                        .data(format!("{{\"count\":{count}}}"));
+                    return Some((Ok(event), s));
+                }
+                Ok(LiveDelivery::Row(delivery)) => {
                     let (row, body) = &*delivery;
                     if !s.filter.matches(row, body) {
                         continue;

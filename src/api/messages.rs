@@ -320,10 +320,16 @@ pub async fn show(
         message_detail::downlink(&pool, id),
         message_detail::fota(&pool, id)
     )?;
-    // The same function ingestion resolved it with, at the same receipt time.
-    let records = senml::resolve(&detail.body, detail.row.received_at)
-        .map(|records| records.into_iter().map(Record::from).collect())
-        .unwrap_or_default();
+    // The same function ingestion resolved it with, at the same receipt time. A quarantined
+    // message stored no records (a device's pack naming another device resolves, but was
+    // refused as a whole), so it shows none.
+    let records = if detail.row.status == "quarantined" {
+        Vec::new()
+    } else {
+        senml::resolve(&detail.body, detail.row.received_at)
+            .map(|records| records.into_iter().map(Record::from).collect())
+            .unwrap_or_default()
+    };
     Ok(Json(Detail {
         sha256: hex::encode(Sha256::digest(&detail.body)),
         size: detail.body.len(),

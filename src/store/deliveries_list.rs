@@ -91,17 +91,10 @@ impl DeliveryFilter {
                 return false;
             }
         }
-        if let Some(key) = &self.device_key {
-            let hit = if is_message {
-                row.device_keys.iter().any(|k| k == key)
-            } else {
-                row.device
-                    .as_ref()
-                    .is_some_and(|d| d.to_lowercase() == key.to_lowercase())
-            };
-            if !hit {
-                return false;
-            }
+        if let Some(key) = &self.device_key
+            && !row.device_keys.iter().any(|k| k == key)
+        {
+            return false;
         }
         if let Some(q) = &self.q {
             let needle = q.as_bytes();
@@ -123,8 +116,8 @@ pub struct DeliveryRow {
     pub destination_id: Option<Uuid>,
     pub plug: Option<Uuid>,
     pub device: Option<String>,
-    /// Normalised URNs a message belongs to (its device, its registration), for the stream's
-    /// device filter.
+    /// Normalised URNs a delivery belongs to (a message's device and registration, an
+    /// event's first `bn`), for the stream's device filter.
     pub device_keys: Vec<String>,
     pub verdict: String,
     pub reason: Option<String>,
@@ -179,6 +172,7 @@ struct EventRecord {
     destination_id: Option<Uuid>,
     plug: Option<Uuid>,
     device: Option<String>,
+    device_key: Option<String>,
     verdict: String,
     reason: String,
     status: i16,
@@ -196,7 +190,8 @@ const MESSAGE_COLUMNS: &str = "SELECT m.id, m.received_at, m.door, x.name AS des
 
 const EVENT_COLUMNS: &str = "SELECT e.id, e.received_at, e.door, \
         coalesce(x.name, y.name) AS destination, coalesce(e.destination_id, y.id) AS destination_id, \
-        coalesce(e.plug, x.plug) AS plug, e.device_urn AS device, e.verdict, e.reason, e.status, \
+        coalesce(e.plug, x.plug) AS plug, e.device_urn AS device, e.device_key, e.verdict, \
+        e.reason, e.status, \
         e.body_size AS size, e.message_id \
      FROM door_events e LEFT JOIN destinations x ON x.id = e.destination_id \
      LEFT JOIN destinations y ON e.destination_id IS NULL AND y.plug = e.plug \
@@ -389,10 +384,7 @@ fn event_conditions(query: &mut QueryBuilder<Postgres>, filter: &DeliveryFilter)
             .push(")))");
     }
     if let Some(key) = &filter.device_key {
-        query
-            .push(" AND lower(e.device_urn) = lower(")
-            .push_bind(key.clone())
-            .push(")");
+        query.push(" AND e.device_key = ").push_bind(key.clone());
     }
     if let Some(verdict) = &filter.verdict {
         query.push(" AND e.verdict = ").push_bind(verdict.clone());
@@ -468,7 +460,7 @@ impl From<EventRecord> for DeliveryRow {
             destination_id: e.destination_id,
             plug: e.plug,
             device: e.device,
-            device_keys: Vec::new(),
+            device_keys: e.device_key.into_iter().collect(),
             verdict: e.verdict,
             reason: Some(e.reason),
             status: i32::from(e.status),
@@ -522,20 +514,25 @@ async fn complete(pool: &PgPool, rows: &mut [DeliveryRow]) -> Result<(), sqlx::E
     Ok(())
 }
 
-/// The messages one ingest transaction announced (`min,max` of its ids): the rows in that
-/// range written by the same transaction as the first (rows of concurrent batches in the
+/// The messages ingest transactions announced, each as `(min, max)` of its ids: the rows in
+/// each range written by the same transaction as its first (rows of concurrent batches in a
 /// range are announced by their own notification).
 pub async fn announced_messages(
     pool: &PgPool,
-    min_id: i64,
-    max_id: i64,
+    ranges: &[(i64, i64)],
 ) -> Result<Vec<(DeliveryRow, Vec<u8>)>, sqlx::Error> {
+    let (lows, highs): (Vec<i64>, Vec<i64>) = ranges.iter().copied().unzip();
+    // Each announced range holds its transaction's rows, and may hold rows of concurrent
+    // ones (identity values are handed out before commit): those are told apart by `xmin`,
+    // the transaction that wrote the range's first row. One statement for every range.
     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, body FROM messages WHERE id BETWEEN $1 AND $2 \
-           AND xmin = (SELECT g.xmin FROM messages g WHERE g.id = $1) ORDER BY id",
+        "SELECT m.id, m.body FROM UNNEST($1::int8[], $2::int8[]) AS r(lo, hi) \
+         JOIN messages m ON m.id BETWEEN r.lo AND r.hi \
+          AND m.xmin = (SELECT g.xmin FROM messages g WHERE g.id = r.lo) \
+         ORDER BY m.id",
     )
-    .bind(min_id)
-    .bind(max_id)
+    .bind(&lows)
+    .bind(&highs)
     .fetch_all(pool)
     .await?;
     let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();

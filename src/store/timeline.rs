@@ -85,7 +85,7 @@ pub async fn known(pool: &PgPool, urn_key: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM devices WHERE urn_key = $1) \
              OR EXISTS (SELECT 1 FROM device_keys WHERE urn_key = $1) \
-             OR EXISTS (SELECT 1 FROM door_events WHERE lower(device_urn) = lower($1))",
+             OR EXISTS (SELECT 1 FROM door_events WHERE device_key = $1)",
     )
     .bind(urn_key)
     .fetch_one(pool)
@@ -120,7 +120,7 @@ pub async fn read(pool: &PgPool, urn_key: &str, b: Bounds) -> Result<Vec<Entry>,
     .fetch_all(pool);
     let events = sqlx::query_as::<_, DoorEvent>(
         "SELECT id, received_at AS time, door, verdict, reason, status, message_id \
-         FROM door_events WHERE lower(device_urn) = lower($1) \
+         FROM door_events WHERE device_key = $1 \
            AND ($2::timestamptz IS NULL OR received_at >= $2) \
            AND ($3::timestamptz IS NULL OR received_at < $3) \
          ORDER BY received_at DESC, id DESC LIMIT $4",
