@@ -69,6 +69,7 @@ async fn zero_config_serve_runs_on_embedded_postgres_and_cleans_up() {
         "DEV ONLY",
         "destinations add",
         "self-signed",
+        "/console (sign in with an API key)",
     ] {
         assert!(
             server.banner.contains(expected),

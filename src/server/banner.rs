@@ -42,6 +42,7 @@ pub(super) fn print_banner(
             "  devices:     POST {scheme}://{host}:{port}/ingestion/ip/senml/v1 (and /ingestion/m2m/senml/v1)"
         ),
         format!("  api:         {scheme}://{host}:{port}/api/v1/measurements"),
+        format!("  console:     {scheme}://{host}:{port}/console (sign in with an API key)"),
         format!("  health:      {scheme}://{host}:{port}/healthz, /readyz"),
         match metrics {
             Some(addr) => format!("  metrics:     http://{addr}/metrics (no key: keep it private)"),
