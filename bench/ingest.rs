@@ -35,6 +35,7 @@ use things_receiver::secrets::SecretKey;
 use things_receiver::senml;
 use things_receiver::store::deliveries::{Delivery, RawDelivery, Sender, store_batch};
 use things_receiver::store::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use things_receiver::store::known_ids::KnownIds;
 use things_receiver::token::{BodyDigest, Token};
 
 const SECRET: &str = "Bench#Secret-0123456789abcdefghijklmn";
@@ -271,9 +272,12 @@ async fn bulk_insert(
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
+    // Shared by both connections, as the server's writer shares it between its transactions.
+    let known = Arc::new(KnownIds::new());
     for _ in 0..2 {
         let url = url.to_owned();
         let next = next.clone();
+        let known = known.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = PgConnection::connect(&url).await.unwrap();
             let mut done = 0u64;
@@ -317,7 +321,7 @@ async fn bulk_insert(
                         }
                     })
                     .collect();
-                store_batch(&mut conn, &batch).await.unwrap();
+                store_batch(&mut conn, &batch, &known).await.unwrap();
                 done += 500;
             }
             done

@@ -414,3 +414,73 @@ async fn references_hold_by_construction_under_concurrent_ingestion() {
         .unwrap();
     assert_eq!(latest, names);
 }
+
+/// The writer remembers the ids of devices and series, but only those of transactions that
+/// committed: a series inserted by a transaction that then fails is not reused by the next one.
+#[tokio::test]
+async fn ids_of_a_transaction_that_did_not_commit_are_not_reused() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve_in_process(&[]).await;
+    let client = client();
+    let mut db = connect(&env.database_url).await;
+    // While `refuse_commit` holds a row, any transaction that inserts a series fails at
+    // its commit, after every statement of the batch has run.
+    sqlx::raw_sql(
+        "CREATE TABLE refuse_commit (x int); \
+         CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF EXISTS (SELECT 1 FROM refuse_commit) THEN RAISE EXCEPTION 'refused at commit'; END IF; \
+             RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER series_refused AFTER INSERT ON series \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let send = |n: u32, name: &str| {
+        let body = format!(
+            r#"[{{"bn":"{A}","bt":{},"n":"{name}","v":{n}}}]"#,
+            1_704_067_200 + n
+        );
+        let token = things_receiver::token::Token::sign(body.as_bytes(), SECRET.as_bytes());
+        client
+            .post(server.url("/ingest/kpn"))
+            .header("Things-Plug-UUID", plug.to_string())
+            .header("Things-Message-Token", token.to_hex())
+            .header("Content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    assert_eq!(status(send(1, "t").await.unwrap()), 200);
+    sqlx::query("INSERT INTO refuse_commit VALUES (1)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    // The batch fails at commit; the delivery is kept, quarantined, without measurements.
+    assert_eq!(status(send(2, "h").await.unwrap()), 200);
+    sqlx::query("DELETE FROM refuse_commit")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(status(send(3, "h").await.unwrap()), 200);
+
+    let statuses: Vec<(String, i32)> =
+        sqlx::query_as("SELECT status, record_count FROM messages ORDER BY id")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses,
+        [("stored", 1), ("quarantined", 0), ("stored", 1)].map(|(s, c)| (s.to_owned(), c))
+    );
+    let (rows, series, broken): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT (SELECT count(*) FROM measurements), (SELECT count(*) FROM series), \
+                ({BROKEN_REFERENCES})"
+    )))
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!((rows, series, broken), (2, 2, 0));
+}

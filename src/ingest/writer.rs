@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ingest::delivery::{Delivery, Receipt};
 use crate::store::deliveries;
+use crate::store::known_ids::KnownIds;
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -104,6 +105,7 @@ async fn dispatch(
     stop: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let known = Arc::new(KnownIds::new());
     let max_batch = config.max_batch.max(1);
     loop {
         let first = tokio::select! {
@@ -129,9 +131,9 @@ async fn dispatch(
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
+        let (pool, known) = (pool.clone(), known.clone());
         tokio::spawn(async move {
-            commit(&pool, batch).await;
+            commit(&pool, &known, batch).await;
             drop(permit);
         });
     }
@@ -139,12 +141,12 @@ async fn dispatch(
     let _ = permits.acquire_many(config.concurrency.max(1) as u32).await;
 }
 
-async fn commit(pool: &PgPool, jobs: Vec<Job>) {
+async fn commit(pool: &PgPool, known: &KnownIds, jobs: Vec<Job>) {
     let started = Instant::now();
     metrics::histogram!("things_writer_batch_size").record(jobs.len() as f64);
     let (deliveries, replies): (Vec<Delivery>, Vec<_>) =
         jobs.into_iter().map(|j| (j.delivery, j.reply)).unzip();
-    let result = store_with_retry(pool, &deliveries).await;
+    let result = store_with_retry(pool, known, &deliveries).await;
     metrics::histogram!("things_writer_commit_seconds").record(started.elapsed().as_secs_f64());
     // Counted for every batch (as 0 or 1), so the series exists from the first commit on:
     // a batch the database refused as data cost one transaction per delivery.
@@ -169,7 +171,7 @@ async fn commit(pool: &PgPool, jobs: Vec<Job>) {
             // keep the one that fails as a quarantined raw message.
             tracing::error!(error = %e, deliveries = deliveries.len(), "batch failed; storing deliveries one by one");
             for (delivery, reply) in deliveries.into_iter().zip(replies) {
-                let _ = reply.send(store_alone(pool, delivery).await);
+                let _ = reply.send(store_alone(pool, known, delivery).await);
             }
         }
     }
@@ -184,12 +186,16 @@ enum Failure {
 }
 
 /// Deadlocks and serialisation failures are transient: try the batch again a few times.
-async fn store_with_retry(pool: &PgPool, deliveries: &[Delivery]) -> Result<Vec<Receipt>, Failure> {
+async fn store_with_retry(
+    pool: &PgPool,
+    known: &KnownIds,
+    deliveries: &[Delivery],
+) -> Result<Vec<Receipt>, Failure> {
     let mut attempt = 0;
     loop {
         // Not getting a connection at all is always an availability problem.
         let mut conn = pool.acquire().await.map_err(Failure::Unavailable)?;
-        match deliveries::store_batch(&mut conn, deliveries).await {
+        match deliveries::store_batch(&mut conn, deliveries, known).await {
             Ok(outcomes) => return Ok(outcomes),
             Err(e) if is_transient(&e) && attempt < 3 => {
                 attempt += 1;
@@ -201,8 +207,12 @@ async fn store_with_retry(pool: &PgPool, deliveries: &[Delivery]) -> Result<Vec<
     }
 }
 
-async fn store_alone(pool: &PgPool, mut delivery: Delivery) -> Result<Receipt, WriteError> {
-    match store_with_retry(pool, std::slice::from_ref(&delivery)).await {
+async fn store_alone(
+    pool: &PgPool,
+    known: &KnownIds,
+    mut delivery: Delivery,
+) -> Result<Receipt, WriteError> {
+    match store_with_retry(pool, known, std::slice::from_ref(&delivery)).await {
         Ok(mut outcomes) => return Ok(outcomes.remove(0)),
         Err(Failure::Unavailable(e)) => return Err(WriteError::Unavailable(e)),
         Err(Failure::Data(e)) => {
@@ -211,7 +221,7 @@ async fn store_alone(pool: &PgPool, mut delivery: Delivery) -> Result<Receipt, W
             delivery.raw.headers.clear();
         }
     }
-    match store_with_retry(pool, std::slice::from_ref(&delivery)).await {
+    match store_with_retry(pool, known, std::slice::from_ref(&delivery)).await {
         Ok(mut outcomes) => Ok(outcomes.remove(0)),
         Err(Failure::Unavailable(e) | Failure::Data(e)) => Err(WriteError::Unavailable(e)),
     }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::senml::{Measurement, device_key, device_kind};
 use crate::token::Token;
 
+use super::known_ids::{KnownDevice, KnownIds};
 use super::{answer_downlinks, device_uplinks, fota_answers};
 
 /// Who signed a delivery, which is also what tells a retry from a new delivery: the same
@@ -173,9 +174,12 @@ fn delivery_key(raw: &RawDelivery) -> DeliveryKey {
 ///
 /// A delivery that repeats an earlier one in the same batch, or one stored before, is a
 /// duplicate. The caller commits nothing: this function begins and commits its own transaction.
+/// Ids of devices and series are taken from `known` where it has them, and what the database
+/// told is remembered there once the transaction has committed.
 pub async fn store_batch(
     conn: &mut PgConnection,
     batch: &[Delivery],
+    known: &KnownIds,
 ) -> Result<Vec<Receipt>, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(conn).await?;
 
@@ -211,8 +215,9 @@ pub async fn store_batch(
         .map(|d| d.raw.received_at)
         .max()
         .unwrap_or_else(Utc::now);
-    let device_ids = upsert_devices(&mut tx, batch, &unique, seen).await?;
-    let message_ids = insert_messages(&mut tx, batch, &unique, &device_ids).await?;
+    let devices = upsert_devices(&mut tx, batch, &unique, seen, known).await?;
+    let device_ids = &devices.ids;
+    let message_ids = insert_messages(&mut tx, batch, &unique, device_ids).await?;
 
     let mut outcomes = vec![StoreOutcome::Duplicate; batch.len()];
     let mut new_messages: Vec<(i64, &[Measurement])> = Vec::new();
@@ -231,9 +236,11 @@ pub async fn store_batch(
             Err(_) => StoreOutcome::Quarantined { message_id: id },
         };
     }
-    if !new_messages.is_empty() {
-        super::series_write::write(&mut tx, &new_messages, &device_ids).await?;
-    }
+    let learnt_series = if new_messages.is_empty() {
+        Vec::new()
+    } else {
+        super::series_write::write(&mut tx, &new_messages, device_ids, known).await?
+    };
     let notices = fota_answers::apply(&mut tx, batch, &outcomes).await?;
     let mut replies = answer_downlinks::replies(&mut tx, batch, &outcomes, &notices).await?;
     for (reply, notice) in replies.iter_mut().zip(notices) {
@@ -242,6 +249,7 @@ pub async fn store_batch(
         }
     }
     tx.commit().await?;
+    known.remember(devices.learnt, learnt_series);
     Ok(outcomes
         .into_iter()
         .zip(replies)
@@ -360,15 +368,25 @@ async fn insert_messages(
 /// held through the fsync); refreshing it only when this much older costs one update per
 /// device per interval.
 const LAST_SEEN_RESOLUTION: &str = "10 seconds";
+const LAST_SEEN_RESOLUTION_SECS: i64 = 10;
+
+/// Every device of a batch's resolved packs by normalised key, and what to remember of those
+/// the database was asked about once the batch has committed.
+struct BatchDevices {
+    ids: HashMap<String, i64>,
+    learnt: Vec<(String, KnownDevice)>,
+}
 
 /// Returns the device id of every device in the batch's resolved packs by normalised key:
-/// inserts unseen devices, refreshes a stale `last_seen`, and locks no row otherwise.
+/// inserts unseen devices, refreshes a stale `last_seen`, and locks no row otherwise. A device
+/// `known` holds with a `last_seen` fresh enough costs no statement at all.
 async fn upsert_devices(
     tx: &mut PgConnection,
     batch: &[Delivery],
     indices: &[usize],
     seen: DateTime<Utc>,
-) -> Result<HashMap<String, i64>, sqlx::Error> {
+    known: &KnownIds,
+) -> Result<BatchDevices, sqlx::Error> {
     let mut devices: BTreeMap<String, &str> = BTreeMap::new();
     for &i in indices {
         if let Ok(records) = &batch[i].decoded {
@@ -379,8 +397,25 @@ async fn upsert_devices(
             }
         }
     }
+    let mut ids = HashMap::with_capacity(devices.len());
+    let fresh_after = seen - chrono::Duration::seconds(LAST_SEEN_RESOLUTION_SECS);
+    let remembered = known.devices(devices.keys().map(String::as_str));
+    devices = devices
+        .into_iter()
+        .zip(remembered)
+        .filter_map(|((key, urn), device)| match device {
+            Some(device) if device.last_seen >= fresh_after => {
+                ids.insert(key, device.id);
+                None
+            }
+            _ => Some((key, urn)),
+        })
+        .collect();
     if devices.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(BatchDevices {
+            ids,
+            learnt: Vec::new(),
+        });
     }
     let keys: Vec<&str> = devices.keys().map(String::as_str).collect();
     let urns: Vec<&str> = devices.values().copied().collect();
@@ -389,42 +424,62 @@ async fn upsert_devices(
         .map(|urn| device_kind(urn).as_str())
         .collect();
     // Sorted keys: concurrent transactions inserting the same new devices lock in one order.
-    let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH new AS ( \
+    // The look-up is one index probe per key (LATERAL ... LIMIT 1), whatever the planner
+    // believes of the table's size.
+    let rows: Vec<(String, i64, DateTime<Utc>, bool)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH new AS ( \
              INSERT INTO devices (urn_key, urn, kind, first_seen, last_seen) \
              SELECT k, u, t, $4, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS d(k, u, t) \
-             ON CONFLICT (urn_key) DO NOTHING RETURNING urn_key, id), \
+             ON CONFLICT (urn_key) DO NOTHING RETURNING urn_key, id, last_seen), \
          refreshed AS ( \
              UPDATE devices SET last_seen = $4 \
              WHERE urn_key = ANY($1) AND last_seen < $4 - interval '{LAST_SEEN_RESOLUTION}' \
-             RETURNING urn_key, id) \
-         SELECT urn_key, id FROM new \
-         UNION ALL SELECT urn_key, id FROM devices WHERE urn_key = ANY($1)"
-    )))
-    .bind(&keys)
-    .bind(&urns)
-    .bind(&kinds)
-    .bind(seen)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut ids: HashMap<String, i64> = rows.into_iter().collect();
+             RETURNING urn_key, id, last_seen) \
+         SELECT urn_key, id, last_seen, true FROM new \
+         UNION ALL SELECT urn_key, id, last_seen, true FROM refreshed \
+         UNION ALL SELECT d.urn_key, d.id, d.last_seen, false \
+             FROM UNNEST($1::text[]) AS k(key) \
+             CROSS JOIN LATERAL (SELECT urn_key, id, last_seen FROM devices \
+                                 WHERE urn_key = k.key LIMIT 1) d"
+        )))
+        .bind(&keys)
+        .bind(&urns)
+        .bind(&kinds)
+        .bind(seen)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut found: HashMap<String, KnownDevice> = HashMap::with_capacity(keys.len());
+    // What this statement wrote wins over what its snapshot read of the same row.
+    for (key, id, last_seen, written) in rows {
+        let device = KnownDevice { id, last_seen };
+        if written {
+            found.insert(key, device);
+        } else {
+            found.entry(key).or_insert(device);
+        }
+    }
     // A device inserted by a concurrent transaction that committed while ours waited on it is
     // skipped by DO NOTHING yet invisible to this statement's snapshot; a new statement sees it.
     let missing: Vec<&str> = keys
         .iter()
         .copied()
-        .filter(|k| !ids.contains_key(*k))
+        .filter(|k| !found.contains_key(*k))
         .collect();
     if !missing.is_empty() {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT urn_key, id FROM devices WHERE urn_key = ANY($1)")
+        let rows: Vec<(String, i64, DateTime<Utc>)> =
+            sqlx::query_as("SELECT urn_key, id, last_seen FROM devices WHERE urn_key = ANY($1)")
                 .bind(&missing)
                 .fetch_all(&mut *tx)
                 .await?;
-        ids.extend(rows);
+        for (key, id, last_seen) in rows {
+            found.insert(key, KnownDevice { id, last_seen });
+        }
     }
-    if ids.len() < keys.len() {
+    if found.len() < keys.len() {
         return Err(sqlx::Error::RowNotFound);
     }
-    Ok(ids)
+    let learnt: Vec<(String, KnownDevice)> = found.into_iter().collect();
+    ids.extend(learnt.iter().map(|(key, device)| (key.clone(), device.id)));
+    Ok(BatchDevices { ids, learnt })
 }

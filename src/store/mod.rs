@@ -21,6 +21,7 @@ pub mod firmware;
 pub mod fota;
 mod fota_answers;
 pub mod key_check;
+pub mod known_ids;
 pub mod listen;
 pub mod live;
 pub mod measurements;

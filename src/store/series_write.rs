@@ -1,5 +1,6 @@
 //! Writing a batch's measurements: their series, the measurement rows and the latest values,
-//! inside the batch's transaction (`deliveries::store_batch`).
+//! inside the batch's transaction (`deliveries::store_batch`). Series ids come from the
+//! writer's memory of committed ones (`known_ids`) where it has them.
 //!
 //! A measurement row refers to its series without a foreign key: the series is found or
 //! written in this same transaction before the rows that point at it, so the reference holds
@@ -14,24 +15,27 @@ use sqlx::PgConnection;
 
 use crate::senml::{Measurement, Value, device_key};
 
+use super::known_ids::{KnownIds, SeriesName};
 use super::stored_text;
 
 /// A series: device id, name and unit, as a record gives them.
 type SeriesKey<'a> = (i64, &'a str, Option<&'a str>);
 
 /// Stores the measurements of newly stored messages (`(message id, records)`), whose devices
-/// `device_ids` holds by normalised key: finds their series, inserts the rows and keeps
-/// `latest_values` at the newest record per (device, name), in one statement once every
-/// series exists (the steady state); a batch with new series inserts them and runs it again.
+/// `device_ids` holds by normalised key: finds their series (in `known`, else in the
+/// database, inserting the new ones), then inserts the rows and keeps `latest_values` at the
+/// newest record per (device, name) in one statement. Returns the series the database was
+/// asked about, to remember once the transaction has committed.
 pub async fn write(
     tx: &mut PgConnection,
     messages: &[(i64, &[Measurement])],
     device_ids: &HashMap<String, i64>,
-) -> Result<(), sqlx::Error> {
+    known: &KnownIds,
+) -> Result<Vec<(SeriesName, i32)>, sqlx::Error> {
     let total: usize = messages.iter().map(|(_, r)| r.len()).sum();
     // Every record's device once, then every record's series once.
     let mut devices: Vec<i64> = Vec::with_capacity(total);
-    let mut keys: BTreeMap<SeriesKey<'_>, i64> = BTreeMap::new();
+    let mut keys: BTreeMap<SeriesKey<'_>, i32> = BTreeMap::new();
     for (_, records) in messages {
         for record in *records {
             let device = device_ids
@@ -42,11 +46,35 @@ pub async fn write(
             keys.insert((device, &record.name, record.unit.as_deref()), 0);
         }
     }
-    // 1-based, as `WITH ORDINALITY` counts the arrays bound in key order.
-    for (ordinal, slot) in keys.values_mut().enumerate() {
-        *slot = ordinal as i64 + 1;
+    let remembered = known.series(keys.keys().copied());
+    let mut unknown: BTreeMap<SeriesKey<'_>, i32> = BTreeMap::new();
+    for ((key, slot), id) in keys.iter_mut().zip(remembered) {
+        match id {
+            Some(id) => *slot = id,
+            None => {
+                unknown.insert(*key, 0);
+            }
+        }
     }
-    let series = SeriesKeys::of(&keys);
+    let learnt = if unknown.is_empty() {
+        Vec::new()
+    } else {
+        resolve(tx, &mut unknown).await?;
+        for (key, id) in &unknown {
+            keys.insert(*key, *id);
+        }
+        unknown
+            .into_iter()
+            .map(|((device_id, name, unit), id)| {
+                let name = SeriesName {
+                    device_id,
+                    name: name.to_owned(),
+                    unit: unit.map(str::to_owned),
+                };
+                (name, id)
+            })
+            .collect()
+    };
 
     let mut rows = Rows::with_capacity(total);
     let mut newest: BTreeMap<(i64, &str), (&Measurement, i64)> = BTreeMap::new();
@@ -54,8 +82,8 @@ pub async fn write(
     for (message_id, records) in messages {
         for record in *records {
             let device_id = *device.next().ok_or(sqlx::Error::RowNotFound)?;
-            let key = keys[&(device_id, record.name.as_str(), record.unit.as_deref())];
-            rows.push(key, record);
+            let series_id = keys[&(device_id, record.name.as_str(), record.unit.as_deref())];
+            rows.push(series_id, record);
             // One statement may not touch a row twice: the newest record per key only.
             newest
                 .entry((device_id, record.name.as_str()))
@@ -74,30 +102,73 @@ pub async fn write(
         latest.push(*device_id, record, *message_id);
     }
     let announced = announced_messages(messages);
-    if insert(tx, &series, &rows, &latest, &announced).await? {
+    insert(tx, &rows, &latest, &announced).await?;
+    Ok(learnt)
+}
+
+/// Finds the id of every series in `unknown`, inserting those that do not exist yet.
+///
+/// Inserted in key order, so concurrent batches lock them in one order; one that a concurrent
+/// batch inserted first is waited for and skipped, and the next statement's snapshot sees it.
+async fn resolve(
+    tx: &mut PgConnection,
+    unknown: &mut BTreeMap<SeriesKey<'_>, i32>,
+) -> Result<(), sqlx::Error> {
+    if find(tx, unknown).await? {
         return Ok(());
     }
-    // Some series are new. Inserted in key order, so concurrent batches lock them in one
-    // order; one that a concurrent batch inserted first is waited for and skipped, and the
-    // next statement's snapshot sees it.
+    let missing = SeriesKeys::of(unknown.iter().filter(|(_, id)| **id == 0).map(|(k, _)| k));
     sqlx::query(
         "INSERT INTO series (device_id, name, unit) \
          SELECT d, n, u FROM UNNEST($1::int8[], $2::text[], $3::text[]) \
               WITH ORDINALITY AS k(d, n, u, i) ORDER BY i \
          ON CONFLICT ON CONSTRAINT series_key DO NOTHING",
     )
-    .bind(&series.device_id)
-    .bind(&series.name)
-    .bind(&series.unit)
+    .bind(&missing.device_id)
+    .bind(&missing.name)
+    .bind(&missing.unit)
     .execute(&mut *tx)
     .await?;
-    if insert(tx, &series, &rows, &latest, &announced).await? {
+    if find(tx, unknown).await? {
         return Ok(());
     }
     Err(sqlx::Error::RowNotFound)
 }
 
-/// The series of a batch as arrays, in key order.
+/// Fills in the ids of the series of `unknown` that exist (those still 0); whether all do.
+/// One index probe per key (LATERAL ... LIMIT 1), whatever the planner believes of the
+/// table's size.
+async fn find(
+    tx: &mut PgConnection,
+    unknown: &mut BTreeMap<SeriesKey<'_>, i32>,
+) -> Result<bool, sqlx::Error> {
+    let keys = SeriesKeys::of(unknown.iter().filter(|(_, id)| **id == 0).map(|(k, _)| k));
+    let found: Vec<(i64, i32)> = sqlx::query_as(
+        "SELECT k.i, s.id \
+         FROM UNNEST($1::int8[], $2::text[], $3::text[]) WITH ORDINALITY AS k(d, n, u, i) \
+         CROSS JOIN LATERAL (SELECT id FROM series \
+                             WHERE device_id = k.d AND name = k.n \
+                               AND unit IS NOT DISTINCT FROM k.u LIMIT 1) s",
+    )
+    .bind(&keys.device_id)
+    .bind(&keys.name)
+    .bind(&keys.unit)
+    .fetch_all(&mut *tx)
+    .await?;
+    // 1-based ordinals of the keys still without an id, in key order.
+    let mut slots: Vec<&mut i32> = unknown.values_mut().filter(|id| **id == 0).collect();
+    for (ordinal, id) in found {
+        if let Some(slot) = usize::try_from(ordinal - 1)
+            .ok()
+            .and_then(|i| slots.get_mut(i))
+        {
+            **slot = id;
+        }
+    }
+    Ok(unknown.values().all(|id| *id != 0))
+}
+
+/// Series keys as arrays, in key order.
 struct SeriesKeys<'a> {
     device_id: Vec<i64>,
     name: Vec<&'a str>,
@@ -105,12 +176,21 @@ struct SeriesKeys<'a> {
 }
 
 impl<'a> SeriesKeys<'a> {
-    fn of(keys: &BTreeMap<SeriesKey<'a>, i64>) -> Self {
-        SeriesKeys {
-            device_id: keys.keys().map(|k| k.0).collect(),
-            name: keys.keys().map(|k| k.1).collect(),
-            unit: keys.keys().map(|k| k.2).collect(),
+    fn of<'k>(keys: impl Iterator<Item = &'k SeriesKey<'a>>) -> Self
+    where
+        'a: 'k,
+    {
+        let mut out = SeriesKeys {
+            device_id: Vec::new(),
+            name: Vec::new(),
+            unit: Vec::new(),
+        };
+        for (device_id, name, unit) in keys {
+            out.device_id.push(*device_id);
+            out.name.push(name);
+            out.unit.push(*unit);
         }
+        out
     }
 }
 
@@ -132,60 +212,46 @@ fn announced_messages(messages: &[(i64, &[Measurement])]) -> String {
     })
 }
 
-/// Finds the series, inserts the rows (in record order, so ids follow it), upserts the
-/// latest values and notifies `store::live::CHANNEL` with `min_id,max_id[,message,...]` of
-/// the rows (past 7000 bytes, without the messages), all in one statement; the notification
-/// is delivered at commit, to every listening process. Writes nothing and returns false when
-/// a series does not exist yet.
+/// Inserts the rows (in record order, so ids follow it), upserts the latest values and
+/// notifies `store::live::CHANNEL` with `min_id,max_id[,message,...]` of the rows (past 7000
+/// bytes, without the messages), all in one statement; the notification is delivered at
+/// commit, to every listening process.
 async fn insert(
     tx: &mut PgConnection,
-    series: &SeriesKeys<'_>,
     rows: &Rows<'_>,
     latest: &Latest<'_>,
     announced: &str,
-) -> Result<bool, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     let (v, l) = (&rows.values, &latest.values);
-    let (found, _): (bool, Option<String>) = sqlx::query_as(
-        "WITH k AS (SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[]) \
-                        WITH ORDINALITY AS k(d, n, u, i)), \
-         f AS (SELECT k.i, s.id FROM k JOIN series s \
-                 ON s.device_id = k.d AND s.name = k.n AND s.unit IS NOT DISTINCT FROM k.u), \
-         ok AS (SELECT count(*) = cardinality($1::int8[]) AS all_found FROM f), \
-         m AS ( \
+    let _: (Option<String>,) = sqlx::query_as(
+        "WITH m AS ( \
              INSERT INTO measurements (series_id, time, value, string_value, string_escaped, \
                                        bool_value, data_value, sum) \
-             SELECT f.id, r.t, r.v, r.s, r.e, r.b, r.d, r.su \
-             FROM UNNEST($4::int8[], $5::timestamptz[], $6::float8[], $7::text[], $8::bool[], \
-                         $9::bool[], $10::bytea[], $11::float8[]) \
+             SELECT r.k, r.t, r.v, r.s, r.e, r.b, r.d, r.su \
+             FROM UNNEST($1::int4[], $2::timestamptz[], $3::float8[], $4::text[], $5::bool[], \
+                         $6::bool[], $7::bytea[], $8::float8[]) \
                   WITH ORDINALITY AS r(k, t, v, s, e, b, d, su, o) \
-             JOIN f ON f.i = r.k \
-             WHERE (SELECT all_found FROM ok) \
              ORDER BY r.o \
              RETURNING id), \
          l AS ( \
              INSERT INTO latest_values (device_id, name, unit, time, value, string_value, \
                                         string_escaped, bool_value, data_value, sum, message_id) \
-             SELECT * FROM UNNEST($12::int8[], $13::text[], $14::text[], $15::timestamptz[], \
-                                  $16::float8[], $17::text[], $18::bool[], $19::bool[], \
-                                  $20::bytea[], $21::float8[], $22::int8[]) \
-             WHERE (SELECT all_found FROM ok) \
+             SELECT * FROM UNNEST($9::int8[], $10::text[], $11::text[], $12::timestamptz[], \
+                                  $13::float8[], $14::text[], $15::bool[], $16::bool[], \
+                                  $17::bytea[], $18::float8[], $19::int8[]) \
              ON CONFLICT (device_id, name) DO UPDATE SET time = EXCLUDED.time, \
                  unit = EXCLUDED.unit, value = EXCLUDED.value, \
                  string_value = EXCLUDED.string_value, string_escaped = EXCLUDED.string_escaped, \
                  bool_value = EXCLUDED.bool_value, data_value = EXCLUDED.data_value, \
                  sum = EXCLUDED.sum, message_id = EXCLUDED.message_id \
              WHERE latest_values.time <= EXCLUDED.time) \
-         SELECT (SELECT all_found FROM ok), \
-                (SELECT pg_notify($24, CASE WHEN length(p) > 7000 \
+         SELECT (SELECT pg_notify($21, CASE WHEN length(p) > 7000 \
                                   THEN split_part(p, ',', 1) || ',' || split_part(p, ',', 2) \
                                   ELSE p END)::text \
-                 FROM (SELECT min(id)::text || ',' || max(id)::text || $23 AS p FROM m) n \
+                 FROM (SELECT min(id)::text || ',' || max(id)::text || $20 AS p FROM m) n \
                  WHERE p IS NOT NULL)",
     )
-    .bind(&series.device_id)
-    .bind(&series.name)
-    .bind(&series.unit)
-    .bind(&rows.key)
+    .bind(&rows.series_id)
     .bind(&v.time)
     .bind(&v.value)
     .bind(&v.string_value)
@@ -208,7 +274,7 @@ async fn insert(
     .bind(super::live::CHANNEL)
     .fetch_one(tx)
     .await?;
-    Ok(found)
+    Ok(())
 }
 
 /// The value columns of measurement-shaped rows, as UNNEST arrays.
@@ -257,22 +323,22 @@ impl<'a> Values<'a> {
     }
 }
 
-/// Measurement rows, each with the ordinal of its series among the batch's series.
+/// Measurement rows, each with the id of its series.
 struct Rows<'a> {
-    key: Vec<i64>,
+    series_id: Vec<i32>,
     values: Values<'a>,
 }
 
 impl<'a> Rows<'a> {
     fn with_capacity(n: usize) -> Self {
         Rows {
-            key: Vec::with_capacity(n),
+            series_id: Vec::with_capacity(n),
             values: Values::with_capacity(n),
         }
     }
 
-    fn push(&mut self, key: i64, m: &'a Measurement) {
-        self.key.push(key);
+    fn push(&mut self, series_id: i32, m: &'a Measurement) {
+        self.series_id.push(series_id);
         self.values.push(m);
     }
 }

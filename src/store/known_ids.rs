@@ -1,0 +1,171 @@
+//! Ids of devices and series that earlier batches committed, kept in memory by the writer.
+//!
+//! A batch names its devices by URN and its series by (device, name, unit); the rows it writes
+//! need their ids. Looking them up in PostgreSQL on every batch was most of the database's
+//! work for small batches: joining a few keys against the whole `series` and `devices` tables
+//! costs more than inserting the rows. Ids never change once committed (nothing deletes a
+//! device or a series), so a batch in the steady state takes them from here and asks the
+//! database only for the keys it has not seen.
+//!
+//! Only ids of committed transactions are remembered: an id read or inserted by a transaction
+//! that then rolls back is never kept, so no row can be written against a series that does not
+//! exist. The maps are bounded: one that would grow past its bound is emptied first, and a fleet
+//! larger than the bound pays the look-ups it paid before.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+
+/// Most devices remembered (about 100 bytes each).
+const MAX_DEVICES: usize = 100_000;
+/// Most series remembered (about 100 bytes each).
+const MAX_SERIES: usize = 250_000;
+
+/// A series as its rows name it: device id, measurement name and unit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeriesName {
+    pub device_id: i64,
+    pub name: String,
+    pub unit: Option<String>,
+}
+
+/// A device as the last committed batch that wrote it left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownDevice {
+    pub id: i64,
+    /// The `last_seen` this process last made sure of: the row holds this or later.
+    pub last_seen: DateTime<Utc>,
+}
+
+/// The writer's memory of committed ids; shared by its transactions.
+#[derive(Debug, Default)]
+pub struct KnownIds {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    devices: HashMap<String, KnownDevice>,
+    series: HashMap<SeriesName, i32>,
+}
+
+impl KnownIds {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The remembered device of each normalised key, `None` where unknown.
+    pub fn devices<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Vec<Option<KnownDevice>> {
+        let inner = self.lock();
+        keys.into_iter()
+            .map(|k| inner.devices.get(k).copied())
+            .collect()
+    }
+
+    /// The remembered id of each series, `None` where unknown.
+    pub fn series<'a>(
+        &self,
+        keys: impl IntoIterator<Item = (i64, &'a str, Option<&'a str>)>,
+    ) -> Vec<Option<i32>> {
+        let inner = self.lock();
+        keys.into_iter()
+            .map(|(device_id, name, unit)| {
+                inner
+                    .series
+                    .get(&SeriesName {
+                        device_id,
+                        name: name.to_owned(),
+                        unit: unit.map(str::to_owned),
+                    })
+                    .copied()
+            })
+            .collect()
+    }
+
+    /// Remembers what a transaction that has committed wrote or read.
+    pub fn remember(&self, devices: Vec<(String, KnownDevice)>, series: Vec<(SeriesName, i32)>) {
+        if devices.is_empty() && series.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.devices.len() + devices.len() > MAX_DEVICES {
+            inner.devices.clear();
+        }
+        for (key, device) in devices {
+            let slot = inner.devices.entry(key).or_insert(device);
+            slot.id = device.id;
+            slot.last_seen = slot.last_seen.max(device.last_seen);
+        }
+        if inner.series.len() + series.len() > MAX_SERIES {
+            inner.series.clear();
+        }
+        inner.series.extend(series);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps inconsistent: every entry is
+        // written whole.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(device_id: i64, name: &str, unit: Option<&str>) -> SeriesName {
+        SeriesName {
+            device_id,
+            name: name.into(),
+            unit: unit.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_series_is_known_by_device_name_and_unit() {
+        let known = KnownIds::new();
+        known.remember(
+            Vec::new(),
+            vec![(series(1, "t", Some("Cel")), 7), (series(1, "t", None), 8)],
+        );
+        assert_eq!(
+            known.series([
+                (1, "t", Some("Cel")),
+                (1, "t", None),
+                (2, "t", Some("Cel")),
+                (1, "t", Some("K")),
+            ]),
+            vec![Some(7), Some(8), None, None]
+        );
+    }
+
+    #[test]
+    fn a_device_keeps_the_latest_last_seen() {
+        let known = KnownIds::new();
+        let (early, late) = (
+            DateTime::<Utc>::from_timestamp(100, 0).unwrap(),
+            DateTime::<Utc>::from_timestamp(200, 0).unwrap(),
+        );
+        let device = |last_seen| KnownDevice { id: 3, last_seen };
+        known.remember(vec![("a".into(), device(late))], Vec::new());
+        known.remember(vec![("a".into(), device(early))], Vec::new());
+        assert_eq!(known.devices(["a", "b"]), vec![Some(device(late)), None]);
+    }
+
+    #[test]
+    fn a_full_map_starts_over_instead_of_growing() {
+        let known = KnownIds::new();
+        let many: Vec<_> = (0..MAX_SERIES as i64)
+            .map(|i| (series(i, "n", None), i as i32))
+            .collect();
+        known.remember(Vec::new(), many);
+        assert_eq!(known.series([(0, "n", None)]), vec![Some(0)]);
+        known.remember(Vec::new(), vec![(series(-1, "n", None), 9)]);
+        assert_eq!(
+            known.series([(0, "n", None), (-1, "n", None)]),
+            vec![None, Some(9)]
+        );
+        assert_eq!(known.lock().series.len(), 1);
+    }
+}
