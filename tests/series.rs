@@ -329,7 +329,11 @@ const BROKEN_REFERENCES: &str = "SELECT \
         WHERE NOT EXISTS (SELECT 1 FROM messages g WHERE g.xmin = m.xmin AND g.device_id = s.device_id)) \
    + (SELECT count(*) FROM series s WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = s.device_id)) \
    + (SELECT count(*) FROM latest_values l WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = l.device_id)) \
-   + (SELECT count(*) FROM latest_values l WHERE NOT EXISTS (SELECT 1 FROM messages g WHERE g.id = l.message_id))";
+   + (SELECT count(*) FROM latest_values l WHERE NOT EXISTS (SELECT 1 FROM messages g WHERE g.id = l.message_id)) \
+   + (SELECT count(*) FROM messages g WHERE g.device_id IS NOT NULL \
+        AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = g.device_id)) \
+   + (SELECT count(*) FROM devices d \
+        WHERE d.message_count <> (SELECT count(*) FROM messages g WHERE g.device_id = d.id))";
 
 #[tokio::test]
 async fn references_hold_by_construction_under_concurrent_ingestion() {
@@ -338,7 +342,9 @@ async fn references_hold_by_construction_under_concurrent_ingestion() {
     let server = env.serve_in_process(&[]).await;
     let client = client();
 
-    // Nothing checks them row by row any more: no foreign key, no row trigger on measurements.
+    // Nothing checks them row by row any more: no foreign key and no row trigger on
+    // measurements; on messages only the sender's references (from outside the transaction)
+    // are checked, and no other insert trigger runs.
     let mut db = connect(&env.database_url).await;
     let (foreign_keys, row_triggers): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM pg_constraint c JOIN pg_partition_tree('measurements') p \
@@ -350,6 +356,20 @@ async fn references_hold_by_construction_under_concurrent_ingestion() {
     .await
     .unwrap();
     assert_eq!((foreign_keys, row_triggers), (0, 0));
+    let (checked, insert_triggers): (Vec<String>, i64) = sqlx::query_as(
+        "SELECT (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_constraint c \
+                 JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) \
+                 WHERE c.conrelid = 'messages'::regclass AND c.contype = 'f'), \
+                (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = 'messages'::regclass \
+                 AND t.tgtype & 4 = 4 AND NOT t.tgisinternal)",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (checked, insert_triggers),
+        (vec!["destination_id".into(), "device_key_id".into()], 0)
+    );
 
     // 8 devices seen for the first time by many concurrent deliveries at once, each with
     // names and units that make new series in several batches at the same time.

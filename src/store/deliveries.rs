@@ -262,7 +262,8 @@ pub async fn store_batch(
 pub const MESSAGES_CHANNEL: &str = "things_messages_inserted";
 
 /// Inserts the messages at `indices`, skipping those stored before; returns the new ids.
-/// The same statement announces them, so the hot path gains no round trip.
+/// The same statement counts them in `devices.message_count` and announces them, so the hot
+/// path gains no round trip and no trigger.
 ///
 /// `ON CONFLICT DO NOTHING` makes a retry a no-op, also when the first attempt is still in
 /// flight in another transaction: this one waits for it and then sees the row.
@@ -331,9 +332,14 @@ async fn insert_messages(
              FROM UNNEST($1::uuid[], $2::bytea[], $3::timestamptz[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int4[], $9::int8[], $10::text[], $11::uuid[]) \
                   AS u(d, t, r, b, h, s, e, c, v, o, k) \
              ON CONFLICT DO NOTHING \
-             RETURNING id, destination_id, device_key_id, token), \
+             RETURNING id, destination_id, device_key_id, token, device_id), \
          n AS (SELECT pg_notify($12, min(id)::text || ',' || max(id)::text)::text AS sent \
-               FROM i HAVING count(*) > 0) \
+               FROM i HAVING count(*) > 0), \
+         counted AS ( \
+             UPDATE devices d SET message_count = d.message_count + c.n \
+             FROM (SELECT device_id, count(*) AS n FROM i WHERE device_id IS NOT NULL \
+                   GROUP BY device_id) c \
+             WHERE d.id = c.device_id) \
          SELECT i.id, i.destination_id, i.device_key_id, i.token, n.sent FROM i LEFT JOIN n ON true",
     )
     .bind(&destination)
