@@ -13,7 +13,8 @@ use crate::senml::{Measurement, device_key, device_kind};
 use crate::token::Token;
 
 use super::known_ids::{KnownDevice, KnownIds};
-use super::{answer_downlinks, device_uplinks, fota_answers};
+use super::series_write::BatchSeries;
+use super::{answer_downlinks, batch_write, device_uplinks, fota_answers};
 
 /// Who signed a delivery, which is also what tells a retry from a new delivery: the same
 /// sender and the same token.
@@ -164,36 +165,27 @@ impl StoreOutcome {
 }
 
 /// What identifies a delivery: its sender and token.
-type DeliveryKey = ((bool, Uuid), [u8; 32]);
+pub(super) type DeliveryKey = ((bool, Uuid), [u8; 32]);
 
 fn delivery_key(raw: &RawDelivery) -> DeliveryKey {
     (raw.sender.key(), raw.token.0)
 }
 
-/// Stores `batch` in one transaction on `conn` and returns one receipt per delivery, in order.
+/// Stores `batch` on `conn`, all of it or nothing, and returns one receipt per delivery, in
+/// order.
 ///
 /// A delivery that repeats an earlier one in the same batch, or one stored before, is a
-/// duplicate. The caller commits nothing: this function begins and commits its own transaction.
-/// Ids of devices and series are taken from `known` where it has them, and what the database
-/// told is remembered there once the transaction has committed.
+/// duplicate. Ids of devices and series are taken from `known` where it has them, and what
+/// the database told is remembered there once the batch has committed. A batch whose ids are
+/// all known and that writes nothing but its messages and measurements (destination
+/// deliveries, the steady state) is one statement, its own transaction; any other batch runs
+/// in a transaction this function begins and commits. Either way it has committed when this
+/// returns `Ok`.
 pub async fn store_batch(
     conn: &mut PgConnection,
     batch: &[Delivery],
     known: &KnownIds,
 ) -> Result<Vec<Receipt>, sqlx::Error> {
-    let mut tx = sqlx::Connection::begin(conn).await?;
-
-    for delivery in batch {
-        if let Sender::Destination {
-            id,
-            bind_plug: Some(plug),
-        } = delivery.raw.sender
-            && !crate::store::destinations::bind_plug(&mut *tx, id, plug).await?
-        {
-            tracing::info!(%plug, "pending destination was bound by a concurrent delivery");
-        }
-    }
-
     // The first occurrence of each (sender, token) represents it; later ones in the same
     // batch are duplicates by definition.
     let mut first: HashMap<DeliveryKey, usize> = HashMap::with_capacity(batch.len());
@@ -205,42 +197,60 @@ pub async fn store_batch(
             unique.push(i);
         }
     }
-
-    // A device's token repeated outside the retry window is a new reading, not a retry.
-    let unique = device_uplinks::keep_new(&mut tx, batch, unique).await?;
-
-    // Devices first, so each message row is written once with its device.
     let seen = batch
         .iter()
         .map(|d| d.raw.received_at)
         .max()
         .unwrap_or_else(Utc::now);
-    let devices = upsert_devices(&mut tx, batch, &unique, seen, known).await?;
-    let device_ids = &devices.ids;
-    let message_ids = insert_messages(&mut tx, batch, &unique, device_ids).await?;
-
-    let mut outcomes = vec![StoreOutcome::Duplicate; batch.len()];
-    let mut new_messages: Vec<(i64, &[Measurement])> = Vec::new();
-    for &i in &unique {
-        let delivery = &batch[i];
-        let Some(&id) = message_ids.get(&delivery_key(&delivery.raw)) else {
-            continue;
-        };
-        outcomes[i] = match &delivery.decoded {
-            Ok(records) => {
-                if !records.is_empty() {
-                    new_messages.push((id, records));
-                }
-                StoreOutcome::Stored { message_id: id }
+    let destinations_only = batch.iter().all(|d| {
+        matches!(
+            d.raw.sender,
+            Sender::Destination {
+                bind_plug: None,
+                ..
             }
-            Err(_) => StoreOutcome::Quarantined { message_id: id },
-        };
+        )
+    });
+
+    if destinations_only {
+        let devices = BatchDevices::of(batch, &unique, seen, known);
+        if devices.due.is_empty() {
+            let series = BatchSeries::of(records_of(batch, &unique), &devices.ids, known)?;
+            if series.complete() {
+                let message_ids =
+                    batch_write::write(conn, batch, &unique, &devices.ids, &series).await?;
+                return Ok(outcomes(batch, &unique, &message_ids)
+                    .into_iter()
+                    .map(|outcome| Receipt {
+                        outcome,
+                        reply: None,
+                    })
+                    .collect());
+            }
+        }
     }
-    let learnt_series = if new_messages.is_empty() {
-        Vec::new()
-    } else {
-        super::series_write::write(&mut tx, &new_messages, device_ids, known).await?
-    };
+
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    for delivery in batch {
+        if let Sender::Destination {
+            id,
+            bind_plug: Some(plug),
+        } = delivery.raw.sender
+            && !crate::store::destinations::bind_plug(&mut *tx, id, plug).await?
+        {
+            tracing::info!(%plug, "pending destination was bound by a concurrent delivery");
+        }
+    }
+    // A device's token repeated outside the retry window is a new reading, not a retry.
+    let unique = device_uplinks::keep_new(&mut tx, batch, unique).await?;
+    // Devices and series first, so each message and row is written once with its ids.
+    let mut devices = BatchDevices::of(batch, &unique, seen, known);
+    devices.upsert_due(&mut tx, seen).await?;
+    let mut series = BatchSeries::of(records_of(batch, &unique), &devices.ids, known)?;
+    let learnt_series = series.resolve(&mut tx).await?;
+    let message_ids = batch_write::write(&mut tx, batch, &unique, &devices.ids, &series).await?;
+    let outcomes = outcomes(batch, &unique, &message_ids);
+
     let notices = fota_answers::apply(&mut tx, batch, &outcomes).await?;
     let mut replies = answer_downlinks::replies(&mut tx, batch, &outcomes, &notices).await?;
     for (reply, notice) in replies.iter_mut().zip(notices) {
@@ -257,117 +267,41 @@ pub async fn store_batch(
         .collect())
 }
 
-/// The channel the ingest transaction announces its new messages on, `min_id,max_id` (the
+/// The records of the resolved packs at `indices`.
+fn records_of<'a>(
+    batch: &'a [Delivery],
+    indices: &[usize],
+) -> impl Iterator<Item = &'a Measurement> {
+    indices
+        .iter()
+        .filter_map(|&i| batch[i].decoded.as_ref().ok())
+        .flatten()
+}
+
+/// What each delivery of `batch` came to, given the ids of the messages the batch inserted:
+/// the deliveries at `unique` without one, and all others, are duplicates.
+fn outcomes(
+    batch: &[Delivery],
+    unique: &[usize],
+    message_ids: &HashMap<DeliveryKey, i64>,
+) -> Vec<StoreOutcome> {
+    let mut outcomes = vec![StoreOutcome::Duplicate; batch.len()];
+    for &i in unique {
+        let delivery = &batch[i];
+        let Some(&id) = message_ids.get(&delivery_key(&delivery.raw)) else {
+            continue;
+        };
+        outcomes[i] = match &delivery.decoded {
+            Ok(_) => StoreOutcome::Stored { message_id: id },
+            Err(_) => StoreOutcome::Quarantined { message_id: id },
+        };
+    }
+    outcomes
+}
+
+/// The channel the ingest statement announces its new messages on, `min_id,max_id` (the
 /// console's live deliveries list, in every process; delivered at commit).
 pub const MESSAGES_CHANNEL: &str = "things_messages_inserted";
-
-/// Inserts the messages at `indices`, skipping those stored before; returns the new ids.
-/// The same statement counts them in `devices.message_count` and announces them, so the hot
-/// path gains no round trip and no trigger.
-///
-/// `ON CONFLICT DO NOTHING` makes a retry a no-op, also when the first attempt is still in
-/// flight in another transaction: this one waits for it and then sees the row.
-async fn insert_messages(
-    tx: &mut PgConnection,
-    batch: &[Delivery],
-    indices: &[usize],
-    device_ids: &HashMap<String, i64>,
-) -> Result<HashMap<DeliveryKey, i64>, sqlx::Error> {
-    let n = indices.len();
-    let mut door = Vec::with_capacity(n);
-    let mut destination: Vec<Option<Uuid>> = Vec::with_capacity(n);
-    let mut device_key_id: Vec<Option<Uuid>> = Vec::with_capacity(n);
-    let mut token: Vec<&[u8]> = Vec::with_capacity(n);
-    let mut received = Vec::with_capacity(n);
-    let mut body: Vec<&[u8]> = Vec::with_capacity(n);
-    let mut headers = Vec::with_capacity(n);
-    let mut status = Vec::with_capacity(n);
-    let mut error: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut count = Vec::with_capacity(n);
-    let mut device: Vec<Option<i64>> = Vec::with_capacity(n);
-    for &i in indices {
-        let (d, decoded) = (&batch[i].raw, &batch[i].decoded);
-        door.push(d.sender.door());
-        match &d.sender {
-            Sender::Destination { id, .. } => {
-                destination.push(Some(*id));
-                device_key_id.push(None);
-            }
-            Sender::Device { key_id, .. } => {
-                destination.push(None);
-                device_key_id.push(Some(*key_id));
-            }
-        }
-        token.push(&d.token.0[..]);
-        received.push(d.received_at);
-        body.push(&d.body[..]);
-        headers.push(serde_json::to_string(&d.headers).unwrap_or_else(|_| "{}".into()));
-        device.push(match decoded {
-            Ok(records) => records
-                .first()
-                .and_then(|r| device_ids.get(&device_key(&r.device)).copied()),
-            Err(_) => None,
-        });
-        match decoded {
-            Ok(records) => {
-                status.push("stored");
-                error.push(None);
-                count.push(records.len() as i32);
-            }
-            Err(reason) => {
-                status.push("quarantined");
-                error.push(Some(reason.as_str()));
-                count.push(0);
-            }
-        }
-    }
-    // No conflict target: a retry conflicts on the destination's or on the device's key.
-    // id, destination_id, device_key_id, token, and the notification's (empty) result,
-    // selected so that no plan can leave the notification out.
-    type Inserted = (i64, Option<Uuid>, Option<Uuid>, Vec<u8>, Option<String>);
-    let rows: Vec<Inserted> = sqlx::query_as(
-        "WITH i AS ( \
-             INSERT INTO messages (destination_id, token, received_at, body, headers, status, decode_error, record_count, device_id, door, device_key_id) \
-             SELECT d, t, r, b, h::jsonb, s, e, c, v, o, k \
-             FROM UNNEST($1::uuid[], $2::bytea[], $3::timestamptz[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int4[], $9::int8[], $10::text[], $11::uuid[]) \
-                  AS u(d, t, r, b, h, s, e, c, v, o, k) \
-             ON CONFLICT DO NOTHING \
-             RETURNING id, destination_id, device_key_id, token, device_id), \
-         n AS (SELECT pg_notify($12, min(id)::text || ',' || max(id)::text)::text AS sent \
-               FROM i HAVING count(*) > 0), \
-         counted AS ( \
-             UPDATE devices d SET message_count = d.message_count + c.n \
-             FROM (SELECT device_id, count(*) AS n FROM i WHERE device_id IS NOT NULL \
-                   GROUP BY device_id) c \
-             WHERE d.id = c.device_id) \
-         SELECT i.id, i.destination_id, i.device_key_id, i.token, n.sent FROM i LEFT JOIN n ON true",
-    )
-    .bind(&destination)
-    .bind(&token)
-    .bind(&received)
-    .bind(&body)
-    .bind(&headers)
-    .bind(&status)
-    .bind(&error)
-    .bind(&count)
-    .bind(&device)
-    .bind(&door)
-    .bind(&device_key_id)
-    .bind(MESSAGES_CHANNEL)
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, destination, key_id, token, _)| {
-            let sender = match (destination, key_id) {
-                (Some(d), None) => (false, d),
-                (None, Some(k)) => (true, k),
-                _ => return None,
-            };
-            Some(((sender, token.try_into().ok()?), id))
-        })
-        .collect())
-}
 
 /// How stale `devices.last_seen` may get. Updating it on every delivery would make every
 /// concurrent transaction that touches a device wait for the others' commits (row locks are
@@ -376,53 +310,70 @@ async fn insert_messages(
 const LAST_SEEN_RESOLUTION: &str = "10 seconds";
 const LAST_SEEN_RESOLUTION_SECS: i64 = 10;
 
-/// Every device of a batch's resolved packs by normalised key, and what to remember of those
-/// the database was asked about once the batch has committed.
-struct BatchDevices {
+/// The devices of a batch's resolved packs by normalised key: the ids known, the devices
+/// the database has to be asked about (unknown, or due for a `last_seen` refresh), and what
+/// to remember of those once the batch has committed.
+struct BatchDevices<'a> {
     ids: HashMap<String, i64>,
+    due: BTreeMap<String, &'a str>,
     learnt: Vec<(String, KnownDevice)>,
 }
 
-/// Returns the device id of every device in the batch's resolved packs by normalised key:
-/// inserts unseen devices, refreshes a stale `last_seen`, and locks no row otherwise. A device
-/// `known` holds with a `last_seen` fresh enough costs no statement at all.
-async fn upsert_devices(
-    tx: &mut PgConnection,
-    batch: &[Delivery],
-    indices: &[usize],
-    seen: DateTime<Utc>,
-    known: &KnownIds,
-) -> Result<BatchDevices, sqlx::Error> {
-    let mut devices: BTreeMap<String, &str> = BTreeMap::new();
-    for &i in indices {
-        if let Ok(records) = &batch[i].decoded {
-            for record in records {
-                devices
-                    .entry(device_key(&record.device))
-                    .or_insert(&record.device);
-            }
+impl<'a> BatchDevices<'a> {
+    /// The devices of the packs at `indices`; a device `known` holds with a `last_seen` fresh
+    /// enough for `seen` is not due.
+    fn of(batch: &'a [Delivery], indices: &[usize], seen: DateTime<Utc>, known: &KnownIds) -> Self {
+        let mut devices: BTreeMap<String, &'a str> = BTreeMap::new();
+        for record in records_of(batch, indices) {
+            devices
+                .entry(device_key(&record.device))
+                .or_insert(&record.device);
+        }
+        let mut ids = HashMap::with_capacity(devices.len());
+        let fresh_after = seen - chrono::Duration::seconds(LAST_SEEN_RESOLUTION_SECS);
+        let remembered = known.devices(devices.keys().map(String::as_str));
+        let due = devices
+            .into_iter()
+            .zip(remembered)
+            .filter_map(|((key, urn), device)| match device {
+                Some(device) if device.last_seen >= fresh_after => {
+                    ids.insert(key, device.id);
+                    None
+                }
+                _ => Some((key, urn)),
+            })
+            .collect();
+        BatchDevices {
+            ids,
+            due,
+            learnt: Vec::new(),
         }
     }
-    let mut ids = HashMap::with_capacity(devices.len());
-    let fresh_after = seen - chrono::Duration::seconds(LAST_SEEN_RESOLUTION_SECS);
-    let remembered = known.devices(devices.keys().map(String::as_str));
-    devices = devices
-        .into_iter()
-        .zip(remembered)
-        .filter_map(|((key, urn), device)| match device {
-            Some(device) if device.last_seen >= fresh_after => {
-                ids.insert(key, device.id);
-                None
-            }
-            _ => Some((key, urn)),
-        })
-        .collect();
-    if devices.is_empty() {
-        return Ok(BatchDevices {
-            ids,
-            learnt: Vec::new(),
-        });
+
+    /// Asks the database about the devices that are due.
+    async fn upsert_due(
+        &mut self,
+        tx: &mut PgConnection,
+        seen: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        if self.due.is_empty() {
+            return Ok(());
+        }
+        let learnt = upsert_devices(tx, &self.due, seen).await?;
+        self.ids
+            .extend(learnt.iter().map(|(key, device)| (key.clone(), device.id)));
+        self.learnt = learnt;
+        Ok(())
     }
+}
+
+/// Inserts the unseen devices of `devices` (normalised key to URN), refreshes a stale
+/// `last_seen`, locks no row otherwise, and returns every one with its id.
+async fn upsert_devices(
+    tx: &mut PgConnection,
+    devices: &BTreeMap<String, &str>,
+    seen: DateTime<Utc>,
+) -> Result<Vec<(String, KnownDevice)>, sqlx::Error> {
     let keys: Vec<&str> = devices.keys().map(String::as_str).collect();
     let urns: Vec<&str> = devices.values().copied().collect();
     let kinds: Vec<&str> = devices
@@ -485,7 +436,5 @@ async fn upsert_devices(
     if found.len() < keys.len() {
         return Err(sqlx::Error::RowNotFound);
     }
-    let learnt: Vec<(String, KnownDevice)> = found.into_iter().collect();
-    ids.extend(learnt.iter().map(|(key, device)| (key.clone(), device.id)));
-    Ok(BatchDevices { ids, learnt })
+    Ok(found.into_iter().collect())
 }

@@ -6,6 +6,7 @@
 
 pub mod answer_downlinks;
 pub mod api_keys;
+mod batch_write;
 pub mod console_sessions;
 pub mod deliveries;
 pub mod deliveries_list;
