@@ -574,3 +574,41 @@ async fn readyz_is_503_only_when_neither_database_nor_spool_can_take_a_delivery(
     drop(server);
     pg.stop().await.unwrap();
 }
+
+/// The writer keeps its database connections between batches. One that died while idle (its
+/// backend ended, as when the database restarts) costs the next batch a fresh connection,
+/// not a spooled delivery.
+#[tokio::test]
+async fn a_writer_connection_that_died_idle_is_replaced_without_spooling() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve_in_process(&[]).await;
+    let client = client();
+    let mut db = connect(&env.database_url).await;
+    // More rounds than the writer has slots, so that kept connections are used again.
+    for round in 0..8 {
+        let body = format!(r#"[{{"bn":"urn:dev:IMEI:356938035643809:","n":"t","v":{round}}}]"#);
+        let (status, json) =
+            status_json(deliver(&client, &server, plug, SECRET, body.as_bytes()).await).await;
+        assert_eq!(
+            (status, json["status"].as_str()),
+            (200, Some("stored")),
+            "{json}"
+        );
+        // Every other backend of this database ends, the writer's kept ones among them.
+        let ended: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND backend_type = 'client backend'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert!(ended > 0);
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 8);
+}

@@ -6,13 +6,15 @@
 //! in one transaction with bulk inserts, with up to `concurrency` transactions in flight. Under
 //! light load a batch is a single delivery and adds no latency; under heavy load batches grow
 //! by themselves while earlier ones commit. Every request is answered only after the
-//! transaction holding its delivery has committed.
+//! transaction holding its delivery has committed. Each transaction slot keeps its database
+//! connection between batches, so a batch in the steady state is one round trip.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::delivery::{Delivery, Receipt};
@@ -98,13 +100,35 @@ impl Writer {
     }
 }
 
+/// A transaction slot: the connection its batches run on, kept from one batch to the next.
+///
+/// Taking a connection from the pool and giving it back costs a round trip each (the pool
+/// tests it both ways), as many as the batch's own statement in the steady state; a slot
+/// keeps its connection instead, and drops it after any failure of the database, so that the
+/// next batch starts on a fresh one. Slots keep at most half of the pool beyond two, so that
+/// the API and the background tasks always find connections: the other slots take one per
+/// batch and give it back (all of them do with a pool of two or three).
+#[derive(Default)]
+struct Slot {
+    conn: Option<PoolConnection<Postgres>>,
+    keeps: bool,
+}
+
 async fn dispatch(
     pool: PgPool,
     config: WriterConfig,
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let concurrency = config.concurrency.max(1);
+    let (free, mut slots) = mpsc::channel::<Slot>(concurrency);
+    let keeping = (pool.options().get_max_connections() as usize).saturating_sub(2) / 2;
+    for n in 0..concurrency {
+        let _ = free.try_send(Slot {
+            conn: None,
+            keeps: n < keeping,
+        });
+    }
     let known = Arc::new(KnownIds::new());
     let max_batch = config.max_batch.max(1);
     loop {
@@ -122,7 +146,7 @@ async fn dispatch(
         };
         let mut batch = vec![first];
         // Wait for a free transaction slot; whatever queues meanwhile joins this batch.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        let Some(mut slot) = slots.recv().await else {
             break;
         };
         while batch.len() < max_batch {
@@ -131,22 +155,30 @@ async fn dispatch(
                 Err(_) => break,
             }
         }
-        let (pool, known) = (pool.clone(), known.clone());
+        let (pool, known, free) = (pool.clone(), known.clone(), free.clone());
         tokio::spawn(async move {
-            commit(&pool, &known, batch).await;
-            drop(permit);
+            commit(&pool, &known, &mut slot, batch).await;
+            if !slot.keeps {
+                slot.conn = None;
+            }
+            let _ = free.send(slot).await;
         });
     }
     // Nothing more will come: wait for the transactions still in flight.
-    let _ = permits.acquire_many(config.concurrency.max(1) as u32).await;
+    drop(free);
+    for _ in 0..concurrency {
+        if slots.recv().await.is_none() {
+            break;
+        }
+    }
 }
 
-async fn commit(pool: &PgPool, known: &KnownIds, jobs: Vec<Job>) {
+async fn commit(pool: &PgPool, known: &KnownIds, slot: &mut Slot, jobs: Vec<Job>) {
     let started = Instant::now();
     metrics::histogram!("things_writer_batch_size").record(jobs.len() as f64);
     let (deliveries, replies): (Vec<Delivery>, Vec<_>) =
         jobs.into_iter().map(|j| (j.delivery, j.reply)).unzip();
-    let result = store_with_retry(pool, known, &deliveries).await;
+    let result = store_with_retry(pool, known, slot, &deliveries).await;
     metrics::histogram!("things_writer_commit_seconds").record(started.elapsed().as_secs_f64());
     // Counted for every batch (as 0 or 1), so the series exists from the first commit on:
     // a batch the database refused as data cost one transaction per delivery.
@@ -171,7 +203,7 @@ async fn commit(pool: &PgPool, known: &KnownIds, jobs: Vec<Job>) {
             // keep the one that fails as a quarantined raw message.
             tracing::error!(error = %e, deliveries = deliveries.len(), "batch failed; storing deliveries one by one");
             for (delivery, reply) in deliveries.into_iter().zip(replies) {
-                let _ = reply.send(store_alone(pool, known, delivery).await);
+                let _ = reply.send(store_alone(pool, known, slot, delivery).await);
             }
         }
     }
@@ -185,23 +217,41 @@ enum Failure {
     Data(sqlx::Error),
 }
 
-/// Deadlocks and serialisation failures are transient: try the batch again a few times.
+/// Deadlocks and serialisation failures are transient: try the batch again a few times. A
+/// slot's kept connection may have died while it was idle (the database restarted): a batch
+/// that fails on one is tried once more on a fresh connection before it counts as failed.
+/// Trying a batch again is safe even when the failed attempt did commit: its deliveries are
+/// then found stored, as duplicates, like any retry.
 async fn store_with_retry(
     pool: &PgPool,
     known: &KnownIds,
+    slot: &mut Slot,
     deliveries: &[Delivery],
 ) -> Result<Vec<Receipt>, Failure> {
     let mut attempt = 0;
+    let mut reconnected = false;
     loop {
-        // Not getting a connection at all is always an availability problem.
-        let mut conn = pool.acquire().await.map_err(Failure::Unavailable)?;
-        match deliveries::store_batch(&mut conn, deliveries, known).await {
+        let kept = slot.conn.is_some();
+        let conn = match &mut slot.conn {
+            Some(conn) => conn,
+            // Not getting a connection at all is always an availability problem.
+            empty => empty.insert(pool.acquire().await.map_err(Failure::Unavailable)?),
+        };
+        match deliveries::store_batch(conn, deliveries, known).await {
             Ok(outcomes) => return Ok(outcomes),
             Err(e) if is_transient(&e) && attempt < 3 => {
                 attempt += 1;
                 tracing::debug!(error = %e, attempt, "retrying batch");
             }
-            Err(e) if is_unavailable(&e) => return Err(Failure::Unavailable(e)),
+            Err(e) if is_unavailable(&e) => {
+                slot.conn = None;
+                if kept && !reconnected {
+                    reconnected = true;
+                    tracing::debug!(error = %e, "retrying batch on a fresh connection");
+                    continue;
+                }
+                return Err(Failure::Unavailable(e));
+            }
             Err(e) => return Err(Failure::Data(e)),
         }
     }
@@ -210,9 +260,10 @@ async fn store_with_retry(
 async fn store_alone(
     pool: &PgPool,
     known: &KnownIds,
+    slot: &mut Slot,
     mut delivery: Delivery,
 ) -> Result<Receipt, WriteError> {
-    match store_with_retry(pool, known, std::slice::from_ref(&delivery)).await {
+    match store_with_retry(pool, known, slot, std::slice::from_ref(&delivery)).await {
         Ok(mut outcomes) => return Ok(outcomes.remove(0)),
         Err(Failure::Unavailable(e)) => return Err(WriteError::Unavailable(e)),
         Err(Failure::Data(e)) => {
@@ -221,7 +272,7 @@ async fn store_alone(
             delivery.raw.headers.clear();
         }
     }
-    match store_with_retry(pool, known, std::slice::from_ref(&delivery)).await {
+    match store_with_retry(pool, known, slot, std::slice::from_ref(&delivery)).await {
         Ok(mut outcomes) => Ok(outcomes.remove(0)),
         Err(Failure::Unavailable(e) | Failure::Data(e)) => Err(WriteError::Unavailable(e)),
     }
