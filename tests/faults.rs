@@ -612,3 +612,73 @@ async fn a_writer_connection_that_died_idle_is_replaced_without_spooling() {
         .unwrap();
     assert_eq!(stored, 8);
 }
+
+/// The ids the writer remembers belong to the database it learnt them from. When the database
+/// is replaced under a running server (a backup restored, a standby promoted), which ends every
+/// connection, the next batch looks its ids up again instead of writing against rows that
+/// are gone or now belong to another device.
+#[tokio::test]
+async fn remembered_ids_are_forgotten_when_the_database_goes_away() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve_in_process(&[]).await;
+    let client = client();
+    let mut db = connect(&env.database_url).await;
+    let urn = "urn:dev:IMEI:356938035643809:";
+    let send = |v: u32| {
+        let body = format!(r#"[{{"bn":"{urn}","n":"t","v":{v}}}]"#);
+        let (client, server) = (&client, &server);
+        async move { status_json(deliver(client, server, plug, SECRET, body.as_bytes()).await).await }
+    };
+    // Warm every slot: each one has remembered the device and its series.
+    for v in 0..8 {
+        let (status, json) = send(v).await;
+        assert_eq!(
+            (status, json["status"].as_str()),
+            (200, Some("stored")),
+            "{json}"
+        );
+    }
+    // The data is replaced by a copy in which those ids belong to another device.
+    sqlx::raw_sql(
+        "TRUNCATE messages, measurements, latest_values, series, devices RESTART IDENTITY CASCADE; \
+         INSERT INTO devices (urn_key, urn, kind, first_seen, last_seen) \
+             VALUES ('urn:dev:IMEI:000000000000001:', 'urn:dev:IMEI:000000000000001:', 'IMEI', now(), now()); \
+         INSERT INTO series (device_id, name) SELECT id, 't' FROM devices;",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+           AND backend_type = 'client backend'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(ended > 0);
+
+    for v in 0..8 {
+        let (status, json) = send(100 + v).await;
+        assert_eq!(status, 200, "{json}");
+    }
+    // Every row written since belongs to the device that sent it.
+    let wrong: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM messages g JOIN devices d ON d.id = g.device_id \
+                 WHERE d.urn_key <> $1) \
+              + (SELECT count(*) FROM measurements m JOIN series s ON s.id = m.series_id \
+                 JOIN devices d ON d.id = s.device_id WHERE d.urn_key <> $1) \
+              + (SELECT count(*) FROM messages WHERE device_id IS NULL)",
+    )
+    .bind(things_receiver::senml::device_key(urn))
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(wrong, 0);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM measurements")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 8);
+}

@@ -104,14 +104,34 @@ impl Writer {
 ///
 /// Taking a connection from the pool and giving it back costs a round trip each (the pool
 /// tests it both ways), as many as the batch's own statement in the steady state; a slot
-/// keeps its connection instead, and drops it after any failure of the database, so that the
-/// next batch starts on a fresh one. Slots keep at most half of the pool beyond two, so that
+/// keeps its connection instead, and drops it when the database becomes unavailable, so that
+/// the next batch starts on a fresh one. Slots keep at most half of the pool beyond two, so that
 /// the API and the background tasks always find connections: the other slots take one per
 /// batch and give it back (all of them do with a pool of two or three).
 #[derive(Default)]
 struct Slot {
     conn: Option<PoolConnection<Postgres>>,
     keeps: bool,
+}
+
+/// Gives a slot back to the free ones when dropped: a batch that panics must not take its
+/// slot with it (the writer would stall once all were gone). The connection of a batch that
+/// did not finish is not kept.
+struct Returned {
+    slot: Option<Slot>,
+    free: mpsc::Sender<Slot>,
+}
+
+impl Drop for Returned {
+    fn drop(&mut self) {
+        if let Some(mut slot) = self.slot.take() {
+            if std::thread::panicking() {
+                slot.conn = None;
+            }
+            // There are never more slots than the channel holds.
+            let _ = self.free.try_send(slot);
+        }
+    }
 }
 
 async fn dispatch(
@@ -146,7 +166,7 @@ async fn dispatch(
         };
         let mut batch = vec![first];
         // Wait for a free transaction slot; whatever queues meanwhile joins this batch.
-        let Some(mut slot) = slots.recv().await else {
+        let Some(slot) = slots.recv().await else {
             break;
         };
         while batch.len() < max_batch {
@@ -157,11 +177,17 @@ async fn dispatch(
         }
         let (pool, known, free) = (pool.clone(), known.clone(), free.clone());
         tokio::spawn(async move {
-            commit(&pool, &known, &mut slot, batch).await;
-            if !slot.keeps {
-                slot.conn = None;
+            // Back to the free slots however the batch ends, also if it panics.
+            let mut returned = Returned {
+                slot: Some(slot),
+                free,
+            };
+            if let Some(slot) = returned.slot.as_mut() {
+                commit(&pool, &known, slot, batch).await;
+                if !slot.keeps {
+                    slot.conn = None;
+                }
             }
-            let _ = free.send(slot).await;
         });
     }
     // Nothing more will come: wait for the transactions still in flight.
@@ -245,6 +271,9 @@ async fn store_with_retry(
             }
             Err(e) if is_unavailable(&e) => {
                 slot.conn = None;
+                // What comes back may not be the database the ids were learnt from (a
+                // restored backup, a failed-over standby): learn them again.
+                known.forget();
                 if kept && !reconnected {
                     reconnected = true;
                     tracing::debug!(error = %e, "retrying batch on a fresh connection");

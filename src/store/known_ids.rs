@@ -9,7 +9,9 @@
 //!
 //! Only ids of committed transactions are remembered: an id read or inserted by a transaction
 //! that then rolls back is never kept, so no row can be written against a series that does not
-//! exist. The maps are bounded: one that would grow past its bound is emptied first, and a fleet
+//! exist. Committed rows can still go when the database itself is replaced (a backup restored,
+//! a standby that lagged promoted); that always ends our connections, so the writer forgets
+//! everything whenever the database becomes unavailable. The maps are bounded: one that would grow past its bound is emptied first, and a fleet
 //! larger than the bound pays the look-ups it paid before.
 
 use std::collections::HashMap;
@@ -103,6 +105,13 @@ impl KnownIds {
         inner.series.extend(series);
     }
 
+    /// Forgets everything, for when the database may not be the one the ids came from.
+    pub fn forget(&self) {
+        let mut inner = self.lock();
+        inner.devices.clear();
+        inner.series.clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the maps inconsistent: every entry is
         // written whole.
@@ -151,6 +160,19 @@ mod tests {
         known.remember(vec![("a".into(), device(late))], Vec::new());
         known.remember(vec![("a".into(), device(early))], Vec::new());
         assert_eq!(known.devices(["a", "b"]), vec![Some(device(late)), None]);
+    }
+
+    #[test]
+    fn forgetting_empties_both_maps() {
+        let known = KnownIds::new();
+        let device = KnownDevice {
+            id: 3,
+            last_seen: DateTime::<Utc>::from_timestamp(100, 0).unwrap(),
+        };
+        known.remember(vec![("a".into(), device)], vec![(series(3, "t", None), 7)]);
+        known.forget();
+        assert_eq!(known.devices(["a"]), vec![None]);
+        assert_eq!(known.series([(3, "t", None)]), vec![None]);
     }
 
     #[test]
