@@ -121,7 +121,8 @@ pub struct ServeArgs {
     /// Largest accepted delivery body (e.g. 1MiB, 512KiB, 65536).
     #[arg(long, env = "THINGS_MAX_BODY", default_value = "1MiB", value_parser = parse_size)]
     pub max_body: usize,
-    /// Database connections in the pool.
+    /// Database connections in the pool. The writer's transactions keep up to half of those
+    /// beyond two between batches (at most --writer-concurrency); the rest serve the API.
     #[arg(long, env = "THINGS_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
     /// How long a request waits for a database connection before answering 503.
