@@ -42,7 +42,12 @@ export async function render(root, ctx) {
     if (node) messages.append(node);
   }
 
+  /**
+   * Reads the table again. It is `aria-busy` meanwhile: its rows are about to be replaced, so
+   * assistive technology (and anything else acting on a row) waits for the fresh ones.
+   */
   async function load() {
+    table.setAttribute('aria-busy', 'true');
     try {
       const stats = await api('/destinations/stats');
       clear(body);
@@ -53,6 +58,8 @@ export async function render(root, ctx) {
       empty.hidden = items.length > 0;
     } catch (e) {
       show(el('p', { class: 'error', role: 'alert', text: `Destinations could not be read: ${e.message}` }));
+    } finally {
+      table.removeAttribute('aria-busy');
     }
   }
 

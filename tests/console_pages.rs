@@ -374,6 +374,18 @@ fn destination_row(id: &str) -> String {
     format!("table.destinations tbody tr[data-id=\"{id}\"]")
 }
 
+/// Waits until the destinations table is no longer being read again, so its rows are the
+/// ones a click will reach.
+async fn table_settled(browser: &Browser) {
+    browser
+        .until(
+            "the destinations table read again",
+            WAIT,
+            "return document.querySelector('table.destinations:not([aria-busy])') !== null;",
+        )
+        .await;
+}
+
 /// Waits for a `.secret-once` box and returns the secret in it.
 async fn secret_shown(browser: &Browser, after: &str) -> String {
     let script = format!(
@@ -485,6 +497,8 @@ async fn destinations_show_silence_and_an_admin_adds_rotates_and_removes_with_se
     browser
         .wait_contains(".messages .notice", "no longer works")
         .await;
+    // The secret is shown before the table is read again; its rows are replaced after that.
+    table_settled(&browser).await;
     assert_eq!(
         deliver(&client, &server, busy, SECRET, &body)
             .await

@@ -217,16 +217,26 @@ impl Browser {
         self.js(&script, vec![]).await.as_u64().unwrap_or(0) as usize
     }
 
+    /// Clicks the first element matching `selector`, waiting for one. An element the page
+    /// replaced between finding and clicking it is looked up again, as a user's second try.
     pub async fn click(&self, selector: &str) {
-        self.client
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Css(selector))
-            .await
-            .unwrap_or_else(|e| panic!("{}: no `{selector}` to click: {e}", self.test))
-            .click()
-            .await
-            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let element = self
+                .client
+                .wait()
+                .at_most(deadline.saturating_duration_since(Instant::now()))
+                .for_element(Locator::Css(selector))
+                .await
+                .unwrap_or_else(|e| panic!("{}: no `{selector}` to click: {e}", self.test));
+            match element.click().await {
+                Ok(()) => return,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+                        && Instant::now() < deadline => {}
+                Err(e) => panic!("{}: clicking `{selector}`: {e}", self.test),
+            }
+        }
     }
 
     /// Types `keys` as the keyboard does, into whatever has focus (the page itself if none).
