@@ -48,6 +48,11 @@ pub(super) async fn write(
         }
     }
     let v = &rows.values;
+    // The counters' devices are matched by `= ANY(ARRAY[...])`, a condition the planner
+    // cannot hash or merge on, so it probes the primary key once per device. On a plain
+    // equality it hashes a sequential scan of every device whenever `devices` looks small
+    // to it (a young database whose statistics are not gathered yet), a cost per batch that
+    // grows with the fleet (0.39 of 2.3 ms for a batch of 12 at 1,000 devices).
     // id, destination_id, device_key_id and token of each inserted message, and the
     // notifications' (empty) results, selected so that no plan can leave them out.
     type Inserted = (
@@ -101,7 +106,7 @@ pub(super) async fn write(
              UPDATE devices d SET message_count = d.message_count + c.n \
              FROM (SELECT device_id, count(*) AS n FROM i WHERE device_id IS NOT NULL \
                    GROUP BY device_id) c \
-             WHERE d.id = c.device_id), \
+             WHERE d.id = ANY(ARRAY[c.device_id])), \
          sent AS ( \
              SELECT pg_notify($24, min(id)::text || ',' || max(id)::text)::text AS p \
              FROM i HAVING count(*) > 0), \
