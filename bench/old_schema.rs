@@ -1,8 +1,8 @@
 //! The measurement schema before series (migrations 0001 to 0007) and its write path, kept
 //! so that one bench run measures the bulk-insert ceiling of both side by side.
 //!
-//! Devices and messages are written exactly as `store_batch` writes them; only the rows after
-//! them differ: here each measurement carries its device and name, with the four B-trees and
+//! Devices and messages are written as `store_batch` wrote them then (a device's `last_seen`
+//! refreshed when 10 s stale); the rows after them differ: here each measurement carries its device and name, with the four B-trees and
 //! the two foreign keys of that schema, and latest values keep their foreign keys.
 
 use std::collections::{BTreeMap, HashMap};

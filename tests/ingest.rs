@@ -332,6 +332,68 @@ async fn a_delivery_is_stored_once_however_often_it_arrives() {
     assert_eq!(row.get::<i64, _>("r"), 5 + 3);
 }
 
+type DeviceSeen = (String, chrono::DateTime<chrono::Utc>, i64);
+
+async fn devices_seen(db: &mut sqlx::PgConnection) -> Vec<DeviceSeen> {
+    sqlx::query_as("SELECT urn, last_seen, message_count FROM devices ORDER BY urn")
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+async fn latest_received(db: &mut sqlx::PgConnection) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("SELECT max(received_at) FROM messages")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// `last_seen` is the reception of the device's latest stored delivery, for every device with
+/// a record in it, also when the writer already knows the device (the one-statement path). A
+/// retry is KPN repeating itself, not the device: it leaves `last_seen` where it was.
+#[tokio::test]
+async fn last_seen_follows_every_stored_delivery_of_every_device_in_it() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve_in_process(&[]).await;
+    let client = client();
+    let mut db = connect(&env.database_url).await;
+    let pack = |v: u32| {
+        format!(
+            r#"[{{"bn":"urn:dev:IMEI:356938035643809:","n":"t","v":{v}}},
+                {{"bn":"urn:dev:IMEI:490154203237518:","n":"t","v":{v}}}]"#
+        )
+        .into_bytes()
+    };
+    // More deliveries than the writer has transaction slots, so that every slot knows the
+    // devices by the last ones.
+    for v in 0..6 {
+        let (status, json) =
+            status_json(deliver(&client, &server, plug, SECRET, &pack(v)).await).await;
+        assert_eq!(
+            (status, json["status"].as_str()),
+            (200, Some("stored")),
+            "{json}"
+        );
+        let received = latest_received(&mut db).await;
+        let devices = devices_seen(&mut db).await;
+        assert_eq!(devices.len(), 2, "{devices:?}");
+        for (urn, seen, _) in &devices {
+            assert_eq!(*seen, received, "{urn} after delivery {v}");
+        }
+        // The message counts as the first record's device's.
+        assert_eq!(devices[0].2 + devices[1].2, i64::from(v) + 1, "{devices:?}");
+    }
+    let before = devices_seen(&mut db).await;
+    let (status, json) = status_json(deliver(&client, &server, plug, SECRET, &pack(5)).await).await;
+    assert_eq!(
+        (status, json["status"].as_str()),
+        (200, Some("duplicate")),
+        "{json}"
+    );
+    assert_eq!(devices_seen(&mut db).await, before);
+}
+
 #[tokio::test]
 async fn verified_bodies_that_are_not_senml_are_quarantined_not_lost() {
     let env = Env::new().await;

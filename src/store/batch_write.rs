@@ -48,6 +48,10 @@ pub(super) async fn write(
         }
     }
     let v = &rows.values;
+    // Each device's counter and `last_seen` are one update of its row: the messages it is
+    // the device of, and every device with a record in an inserted message (a pack may carry
+    // several), seen at that message's reception. A retry's deliveries are not a sign of
+    // life: they insert nothing.
     // The counters' devices are matched by `= ANY(ARRAY[...])`, a condition the planner
     // cannot hash or merge on, so it probes the primary key once per device. On a plain
     // equality it hashes a sequential scan of every device whenever `devices` looks small
@@ -74,13 +78,13 @@ pub(super) async fn write(
                                    decode_error, record_count, device_id, door, device_key_id) \
              SELECT d, t, r, b, h::jsonb, s, e, c, v, o, k FROM u ORDER BY n \
              ON CONFLICT DO NOTHING \
-             RETURNING id, destination_id, device_key_id, token, device_id), \
+             RETURNING id, destination_id, device_key_id, token, device_id, received_at), \
          im AS ( \
-             SELECT u.n, i.id FROM i JOIN u ON u.t = i.token \
+             SELECT u.n, i.id, i.received_at FROM i JOIN u ON u.t = i.token \
                  AND u.d IS NOT DISTINCT FROM i.destination_id \
                  AND u.k IS NOT DISTINCT FROM i.device_key_id), \
          r AS MATERIALIZED ( \
-             SELECT x.*, im.id AS message_id \
+             SELECT x.*, im.id AS message_id, im.received_at \
              FROM UNNEST($12::int4[], $13::int4[], $14::timestamptz[], $15::float8[], \
                          $16::text[], $17::bool[], $18::bool[], $19::bytea[], $20::float8[], \
                          $21::int8[], $22::text[], $23::text[]) \
@@ -103,10 +107,14 @@ pub(super) async fn write(
                  sum = EXCLUDED.sum, message_id = EXCLUDED.message_id \
              WHERE latest_values.time <= EXCLUDED.time), \
          counted AS ( \
-             UPDATE devices d SET message_count = d.message_count + c.n \
-             FROM (SELECT device_id, count(*) AS n FROM i WHERE device_id IS NOT NULL \
-                   GROUP BY device_id) c \
-             WHERE d.id = ANY(ARRAY[c.device_id])), \
+             UPDATE devices d SET message_count = d.message_count + c.n, \
+                                  last_seen = GREATEST(d.last_seen, c.seen) \
+             FROM (SELECT dev, sum(n) AS n, max(seen) AS seen \
+                   FROM (SELECT device_id AS dev, 1 AS n, received_at AS seen FROM i \
+                         WHERE device_id IS NOT NULL \
+                         UNION ALL SELECT dev, 0, received_at FROM r) x \
+                   GROUP BY dev) c \
+             WHERE d.id = ANY(ARRAY[c.dev])), \
          sent AS ( \
              SELECT pg_notify($24, min(id)::text || ',' || max(id)::text)::text AS p \
              FROM i HAVING count(*) > 0), \

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::senml::{Measurement, device_key, device_kind};
 use crate::token::Token;
 
-use super::known_ids::{KnownDevice, KnownIds};
+use super::known_ids::KnownIds;
 use super::series_write::BatchSeries;
 use super::{answer_downlinks, batch_write, device_uplinks, fota_answers};
 
@@ -213,7 +213,7 @@ pub async fn store_batch(
     });
 
     if destinations_only {
-        let devices = BatchDevices::of(batch, &unique, seen, known);
+        let devices = BatchDevices::of(batch, &unique, known);
         if devices.due.is_empty() {
             let series = BatchSeries::of(records_of(batch, &unique), &devices.ids, known)?;
             if series.complete() {
@@ -244,7 +244,7 @@ pub async fn store_batch(
     // A device's token repeated outside the retry window is a new reading, not a retry.
     let unique = device_uplinks::keep_new(&mut tx, batch, unique).await?;
     // Devices and series first, so each message and row is written once with its ids.
-    let mut devices = BatchDevices::of(batch, &unique, seen, known);
+    let mut devices = BatchDevices::of(batch, &unique, known);
     devices.upsert_due(&mut tx, seen).await?;
     let mut series = BatchSeries::of(records_of(batch, &unique), &devices.ids, known)?;
     let learnt_series = series.resolve(&mut tx).await?;
@@ -303,26 +303,19 @@ fn outcomes(
 /// console's live deliveries list, in every process; delivered at commit).
 pub const MESSAGES_CHANNEL: &str = "things_messages_inserted";
 
-/// How stale `devices.last_seen` may get. Updating it on every delivery would make every
-/// concurrent transaction that touches a device wait for the others' commits (row locks are
-/// held through the fsync); refreshing it only when this much older costs one update per
-/// device per interval.
-const LAST_SEEN_RESOLUTION: &str = "10 seconds";
-const LAST_SEEN_RESOLUTION_SECS: i64 = 10;
-
 /// The devices of a batch's resolved packs by normalised key: the ids known, the devices
-/// the database has to be asked about (unknown, or due for a `last_seen` refresh), and what
-/// to remember of those once the batch has committed.
+/// the database has to be asked about (those this process has not remembered), and what to
+/// remember of those once the batch has committed. A known device needs nothing more: the
+/// ingest statement refreshes its `last_seen` with its message counter.
 struct BatchDevices<'a> {
     ids: HashMap<String, i64>,
     due: BTreeMap<String, &'a str>,
-    learnt: Vec<(String, KnownDevice)>,
+    learnt: Vec<(String, i64)>,
 }
 
 impl<'a> BatchDevices<'a> {
-    /// The devices of the packs at `indices`; a device `known` holds with a `last_seen` fresh
-    /// enough for `seen` is not due.
-    fn of(batch: &'a [Delivery], indices: &[usize], seen: DateTime<Utc>, known: &KnownIds) -> Self {
+    /// The devices of the packs at `indices`.
+    fn of(batch: &'a [Delivery], indices: &[usize], known: &KnownIds) -> Self {
         let mut devices: BTreeMap<String, &'a str> = BTreeMap::new();
         for record in records_of(batch, indices) {
             devices
@@ -330,17 +323,16 @@ impl<'a> BatchDevices<'a> {
                 .or_insert(&record.device);
         }
         let mut ids = HashMap::with_capacity(devices.len());
-        let fresh_after = seen - chrono::Duration::seconds(LAST_SEEN_RESOLUTION_SECS);
         let remembered = known.devices(devices.keys().map(String::as_str));
         let due = devices
             .into_iter()
             .zip(remembered)
-            .filter_map(|((key, urn), device)| match device {
-                Some(device) if device.last_seen >= fresh_after => {
-                    ids.insert(key, device.id);
+            .filter_map(|((key, urn), id)| match id {
+                Some(id) => {
+                    ids.insert(key, id);
                     None
                 }
-                _ => Some((key, urn)),
+                None => Some((key, urn)),
             })
             .collect();
         BatchDevices {
@@ -360,20 +352,19 @@ impl<'a> BatchDevices<'a> {
             return Ok(());
         }
         let learnt = upsert_devices(tx, &self.due, seen).await?;
-        self.ids
-            .extend(learnt.iter().map(|(key, device)| (key.clone(), device.id)));
+        self.ids.extend(learnt.iter().cloned());
         self.learnt = learnt;
         Ok(())
     }
 }
 
-/// Inserts the unseen devices of `devices` (normalised key to URN), refreshes a stale
-/// `last_seen`, locks no row otherwise, and returns every one with its id.
+/// Inserts the unseen devices of `devices` (normalised key to URN), locks no row otherwise,
+/// and returns every one with its id. (Their `last_seen` is the ingest statement's.)
 async fn upsert_devices(
     tx: &mut PgConnection,
     devices: &BTreeMap<String, &str>,
     seen: DateTime<Utc>,
-) -> Result<Vec<(String, KnownDevice)>, sqlx::Error> {
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let keys: Vec<&str> = devices.keys().map(String::as_str).collect();
     let urns: Vec<&str> = devices.values().copied().collect();
     let kinds: Vec<&str> = devices
@@ -383,39 +374,24 @@ async fn upsert_devices(
     // Sorted keys: concurrent transactions inserting the same new devices lock in one order.
     // The look-up is one index probe per key (LATERAL ... LIMIT 1), whatever the planner
     // believes of the table's size.
-    let rows: Vec<(String, i64, DateTime<Utc>, bool)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "WITH new AS ( \
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "WITH new AS ( \
              INSERT INTO devices (urn_key, urn, kind, first_seen, last_seen) \
              SELECT k, u, t, $4, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS d(k, u, t) \
-             ON CONFLICT (urn_key) DO NOTHING RETURNING urn_key, id, last_seen), \
-         refreshed AS ( \
-             UPDATE devices SET last_seen = $4 \
-             WHERE urn_key = ANY($1) AND last_seen < $4 - interval '{LAST_SEEN_RESOLUTION}' \
-             RETURNING urn_key, id, last_seen) \
-         SELECT urn_key, id, last_seen, true FROM new \
-         UNION ALL SELECT urn_key, id, last_seen, true FROM refreshed \
-         UNION ALL SELECT d.urn_key, d.id, d.last_seen, false \
+             ON CONFLICT (urn_key) DO NOTHING RETURNING urn_key, id) \
+         SELECT urn_key, id FROM new \
+         UNION ALL SELECT d.urn_key, d.id \
              FROM UNNEST($1::text[]) AS k(key) \
-             CROSS JOIN LATERAL (SELECT urn_key, id, last_seen FROM devices \
-                                 WHERE urn_key = k.key LIMIT 1) d"
-        )))
-        .bind(&keys)
-        .bind(&urns)
-        .bind(&kinds)
-        .bind(seen)
-        .fetch_all(&mut *tx)
-        .await?;
-    let mut found: HashMap<String, KnownDevice> = HashMap::with_capacity(keys.len());
-    // What this statement wrote wins over what its snapshot read of the same row.
-    for (key, id, last_seen, written) in rows {
-        let device = KnownDevice { id, last_seen };
-        if written {
-            found.insert(key, device);
-        } else {
-            found.entry(key).or_insert(device);
-        }
-    }
+             CROSS JOIN LATERAL (SELECT urn_key, id FROM devices \
+                                 WHERE urn_key = k.key LIMIT 1) d",
+    )
+    .bind(&keys)
+    .bind(&urns)
+    .bind(&kinds)
+    .bind(seen)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut found: HashMap<String, i64> = rows.into_iter().collect();
     // A device inserted by a concurrent transaction that committed while ours waited on it is
     // skipped by DO NOTHING yet invisible to this statement's snapshot; a new statement sees it.
     let missing: Vec<&str> = keys
@@ -424,14 +400,12 @@ async fn upsert_devices(
         .filter(|k| !found.contains_key(*k))
         .collect();
     if !missing.is_empty() {
-        let rows: Vec<(String, i64, DateTime<Utc>)> =
-            sqlx::query_as("SELECT urn_key, id, last_seen FROM devices WHERE urn_key = ANY($1)")
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT urn_key, id FROM devices WHERE urn_key = ANY($1)")
                 .bind(&missing)
                 .fetch_all(&mut *tx)
                 .await?;
-        for (key, id, last_seen) in rows {
-            found.insert(key, KnownDevice { id, last_seen });
-        }
+        found.extend(rows);
     }
     if found.len() < keys.len() {
         return Err(sqlx::Error::RowNotFound);

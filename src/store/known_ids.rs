@@ -17,8 +17,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use chrono::{DateTime, Utc};
-
 /// Most devices remembered (about 100 bytes each).
 const MAX_DEVICES: usize = 100_000;
 /// Most series remembered (about 100 bytes each).
@@ -32,14 +30,6 @@ pub struct SeriesName {
     pub unit: Option<String>,
 }
 
-/// A device as the last committed batch that wrote it left it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KnownDevice {
-    pub id: i64,
-    /// The `last_seen` this process last made sure of: the row holds this or later.
-    pub last_seen: DateTime<Utc>,
-}
-
 /// The writer's memory of committed ids; shared by its transactions.
 #[derive(Debug, Default)]
 pub struct KnownIds {
@@ -48,7 +38,7 @@ pub struct KnownIds {
 
 #[derive(Debug, Default)]
 struct Inner {
-    devices: HashMap<String, KnownDevice>,
+    devices: HashMap<String, i64>,
     series: HashMap<SeriesName, i32>,
 }
 
@@ -57,8 +47,8 @@ impl KnownIds {
         Self::default()
     }
 
-    /// The remembered device of each normalised key, `None` where unknown.
-    pub fn devices<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Vec<Option<KnownDevice>> {
+    /// The remembered id of each device's normalised key, `None` where unknown.
+    pub fn devices<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Vec<Option<i64>> {
         let inner = self.lock();
         keys.into_iter()
             .map(|k| inner.devices.get(k).copied())
@@ -86,7 +76,7 @@ impl KnownIds {
     }
 
     /// Remembers what a transaction that has committed wrote or read.
-    pub fn remember(&self, devices: Vec<(String, KnownDevice)>, series: Vec<(SeriesName, i32)>) {
+    pub fn remember(&self, devices: Vec<(String, i64)>, series: Vec<(SeriesName, i32)>) {
         if devices.is_empty() && series.is_empty() {
             return;
         }
@@ -94,11 +84,7 @@ impl KnownIds {
         if inner.devices.len() + devices.len() > MAX_DEVICES {
             inner.devices.clear();
         }
-        for (key, device) in devices {
-            let slot = inner.devices.entry(key).or_insert(device);
-            slot.id = device.id;
-            slot.last_seen = slot.last_seen.max(device.last_seen);
-        }
+        inner.devices.extend(devices);
         if inner.series.len() + series.len() > MAX_SERIES {
             inner.series.clear();
         }
@@ -150,26 +136,16 @@ mod tests {
     }
 
     #[test]
-    fn a_device_keeps_the_latest_last_seen() {
+    fn a_device_is_known_by_its_key() {
         let known = KnownIds::new();
-        let (early, late) = (
-            DateTime::<Utc>::from_timestamp(100, 0).unwrap(),
-            DateTime::<Utc>::from_timestamp(200, 0).unwrap(),
-        );
-        let device = |last_seen| KnownDevice { id: 3, last_seen };
-        known.remember(vec![("a".into(), device(late))], Vec::new());
-        known.remember(vec![("a".into(), device(early))], Vec::new());
-        assert_eq!(known.devices(["a", "b"]), vec![Some(device(late)), None]);
+        known.remember(vec![("a".into(), 3)], Vec::new());
+        assert_eq!(known.devices(["a", "b"]), vec![Some(3), None]);
     }
 
     #[test]
     fn forgetting_empties_both_maps() {
         let known = KnownIds::new();
-        let device = KnownDevice {
-            id: 3,
-            last_seen: DateTime::<Utc>::from_timestamp(100, 0).unwrap(),
-        };
-        known.remember(vec![("a".into(), device)], vec![(series(3, "t", None), 7)]);
+        known.remember(vec![("a".into(), 3)], vec![(series(3, "t", None), 7)]);
         known.forget();
         assert_eq!(known.devices(["a"]), vec![None]);
         assert_eq!(known.series([(3, "t", None)]), vec![None]);
