@@ -1,5 +1,5 @@
-//! The one statement that writes a batch: its messages, their measurements, the latest values
-//! and the per-device message counters, and the two live-stream notifications.
+//! The one statement that writes a batch: its messages, their measurements, the latest values,
+//! each device's message counter and `last_seen`, and the two live-stream notifications.
 //!
 //! Every id it needs is known before it runs (devices and series are found first, mostly in
 //! the writer's memory), so a batch in the steady state is this statement alone: one round
