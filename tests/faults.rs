@@ -682,3 +682,97 @@ async fn remembered_ids_are_forgotten_when_the_database_goes_away() {
         .unwrap();
     assert_eq!(stored, 8);
 }
+
+/// A batch of destination deliveries runs alone while it is prompt. One that cannot commit
+/// (here it waits for a device's row, which another transaction holds) must not hold up the
+/// deliveries behind it: once it has run for `--writer-overlap-after`, the next batch starts
+/// beside it. Were it alone for good, the second delivery would wait behind the first until
+/// `--spool-after` and be spooled instead of stored.
+#[tokio::test]
+async fn a_batch_stuck_on_a_lock_does_not_hold_up_the_deliveries_behind_it() {
+    let env = Env::new().await;
+    let plug = env.add_destination("d", &[]);
+    let server = env.serve_in_process(&["--spool-after", "10s"]).await;
+    let client = client();
+    let (stuck, free) = (
+        "urn:dev:IMEI:356938035643809:",
+        "urn:dev:IMEI:490154203237518:",
+    );
+    let body = |urn: &str, v: u32| format!(r#"[{{"bn":"{urn}","n":"t","v":{v}}}]"#);
+    let bodies = [body(stuck, 0), body(free, 0), body(stuck, 1), body(free, 1)];
+    // Both devices and their series are known to the writer: each later delivery is the
+    // one-statement batch, which updates its device's row.
+    for b in &bodies[..2] {
+        let (status, json) =
+            status_json(deliver(&client, &server, plug, SECRET, b.as_bytes()).await).await;
+        assert_eq!((status, json["status"].as_str()), (200, Some("stored")));
+    }
+    let mut blocker = connect(&env.database_url).await;
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("SELECT 1 FROM devices WHERE urn_key = $1 FOR UPDATE")
+        .bind(things_receiver::senml::device_key(stuck))
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let held = async {
+        status_json(deliver(&client, &server, plug, SECRET, bodies[2].as_bytes()).await).await
+    };
+    let behind = async {
+        let mut db = connect(&env.database_url).await;
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))";
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n: i64 = sqlx::query_scalar(waiting)
+                .bind(blocker_pid)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+            if n > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the first batch never waited");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let answer =
+            status_json(deliver(&client, &server, plug, SECRET, bodies[3].as_bytes()).await).await;
+        let still_waiting: i64 = sqlx::query_scalar(waiting)
+            .bind(blocker_pid)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+        (answer, still_waiting)
+    };
+    let ((held_status, held_json), ((status, json), still_waiting)) = tokio::join!(held, behind);
+    assert_eq!(
+        (status, json["status"].as_str()),
+        (200, Some("stored")),
+        "{json}"
+    );
+    assert_eq!(
+        still_waiting, 1,
+        "stored while the first batch still waited"
+    );
+    assert_eq!(
+        (held_status, held_json["status"].as_str()),
+        (200, Some("stored")),
+        "{held_json}"
+    );
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT d.urn_key, d.message_count FROM devices d ORDER BY d.urn_key")
+            .fetch_all(&mut connect(&env.database_url).await)
+            .await
+            .unwrap();
+    assert_eq!(
+        counts,
+        [
+            (things_receiver::senml::device_key(stuck), 2),
+            (things_receiver::senml::device_key(free), 2)
+        ]
+    );
+}

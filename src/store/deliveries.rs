@@ -72,6 +72,20 @@ impl Sender {
         }
     }
 
+    /// Whether this is a destination that is bound to its plug. A batch of such deliveries
+    /// only is written as one statement once the ids of its devices and series are known
+    /// ([`store_batch`]): a device's uplink may take a downlink and a firmware notice with
+    /// it, and a pending destination's first delivery binds it, in a transaction.
+    pub fn is_bound_destination(&self) -> bool {
+        matches!(
+            self,
+            Sender::Destination {
+                bind_plug: None,
+                ..
+            }
+        )
+    }
+
     /// The key a retry is recognised by, with the token: destination or registration id.
     fn key(&self) -> (bool, Uuid) {
         match self {
@@ -202,17 +216,7 @@ pub async fn store_batch(
         .map(|d| d.raw.received_at)
         .max()
         .unwrap_or_else(Utc::now);
-    let destinations_only = batch.iter().all(|d| {
-        matches!(
-            d.raw.sender,
-            Sender::Destination {
-                bind_plug: None,
-                ..
-            }
-        )
-    });
-
-    if destinations_only {
+    if batch.iter().all(|d| d.raw.sender.is_bound_destination()) {
         let devices = BatchDevices::of(batch, &unique, known);
         if devices.due.is_empty() {
             let series = BatchSeries::of(records_of(batch, &unique), &devices.ids, known)?;
