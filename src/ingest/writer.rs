@@ -15,8 +15,8 @@
 //! nothing there: each one's notifications take PostgreSQL's database-wide notification lock
 //! from before its commit record until its flush, so their commits queue for it, and each
 //! batch is smaller than the one batch would have been, paying the statement's fixed cost for
-//! fewer deliveries (one at a time, PostgreSQL spent about a third less CPU per delivery in
-//! `cargo bench --bench ingest`). Past `overlap_after` (a batch waiting for a row lock) the
+//! fewer deliveries (one at a time, PostgreSQL spent about a quarter less CPU per delivery in
+//! `cargo bench --bench ingest`, the server a ninth less). Past `overlap_after` (a batch waiting for a row lock) the
 //! next batch starts beside it, so that one stuck batch does not hold up the deliveries
 //! behind it. A device door's batch is a transaction of several round trips, between which
 //! PostgreSQL would be idle: others start beside it at once.
