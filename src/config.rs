@@ -146,13 +146,10 @@ pub struct ServeArgs {
     /// Most deliveries committed in one transaction (batches form from whatever is queued).
     #[arg(long, env = "THINGS_WRITER_BATCH", default_value_t = 512)]
     pub writer_batch: usize,
-    /// Most transactions the writer keeps in flight at once.
-    #[arg(long, env = "THINGS_WRITER_CONCURRENCY", default_value_t = 3)]
+    /// Most transactions the writer keeps in flight at once (two: one executes while the
+    /// other commits).
+    #[arg(long, env = "THINGS_WRITER_CONCURRENCY", default_value_t = 2)]
     pub writer_concurrency: usize,
-    /// How long the writer's transaction of destination deliveries runs alone before another
-    /// starts beside it (e.g. 50ms; 0s: never alone).
-    #[arg(long, env = "THINGS_WRITER_OVERLAP_AFTER", default_value = "50ms", value_parser = parse_duration)]
-    pub writer_overlap_after: Duration,
     /// Ingest requests in flight at once; more are answered 503 at once.
     #[arg(long, env = "THINGS_MAX_INFLIGHT", default_value_t = 2048)]
     pub max_inflight: usize,

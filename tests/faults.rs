@@ -683,11 +683,10 @@ async fn remembered_ids_are_forgotten_when_the_database_goes_away() {
     assert_eq!(stored, 8);
 }
 
-/// A batch of destination deliveries runs alone while it is prompt. One that cannot commit
-/// (here it waits for a device's row, which another transaction holds) must not hold up the
-/// deliveries behind it: once it has run for `--writer-overlap-after`, the next batch starts
-/// beside it. Were it alone for good, the second delivery would wait behind the first until
-/// `--spool-after` and be spooled instead of stored.
+/// A batch that cannot commit (here it waits for a device's row, which another transaction
+/// holds) must not hold up the deliveries behind it: the next batch runs beside it. With one
+/// transaction in flight (`--writer-concurrency 1`) the second delivery would wait behind the
+/// first until `--spool-after` and be spooled instead of stored.
 #[tokio::test]
 async fn a_batch_stuck_on_a_lock_does_not_hold_up_the_deliveries_behind_it() {
     let env = Env::new().await;

@@ -9,24 +9,23 @@
 //! Each transaction slot keeps its database connection between batches, so a batch in the
 //! steady state is one round trip.
 //!
-//! Up to `concurrency` batches are in flight at once, with one exception: a batch of
-//! destination deliveries, written as one statement that keeps PostgreSQL busy from its start
-//! to its commit, runs alone until it has taken `overlap_after`. Batches side by side gain
-//! nothing there: each one's notifications take PostgreSQL's database-wide notification lock
-//! from before its commit record until its flush, so their commits queue for it, and each
-//! batch is smaller than the one batch would have been, paying the statement's fixed cost for
-//! fewer deliveries (one at a time, PostgreSQL spent about a quarter less CPU per delivery in
-//! `cargo bench --bench ingest`, the server a ninth less). Past `overlap_after` (a batch waiting for a row lock) the
-//! next batch starts beside it, so that one stuck batch does not hold up the deliveries
-//! behind it. A device door's batch is a transaction of several round trips, between which
-//! PostgreSQL would be idle: others start beside it at once.
+//! Up to `concurrency` batches (default two) are in flight at once, so that one batch
+//! executes while the one before it commits. Batches side by side commit one after the
+//! other anyway (a notifying transaction holds PostgreSQL's database-wide notification lock
+//! from before its commit record until its flush), so a third in flight would mostly make
+//! each batch smaller, paying the statement's fixed cost for fewer deliveries. One at a time
+//! leaves PostgreSQL idle while a batch flushes and its requests are answered. Measured in
+//! `bench/RESULTS-ingest.md`: at 64 connections, two in flight stored 1.16x the deliveries
+//! of three that waited for a batch of destination deliveries to run alone, with half a core
+//! less idle. A batch stuck on a row lock therefore holds up at most one slot: the next
+//! batch runs in the other.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::delivery::{Delivery, Receipt};
@@ -41,8 +40,6 @@ pub struct WriterConfig {
     pub queue: usize,
     /// Most transactions in flight at once.
     pub concurrency: usize,
-    /// How long a batch of destination deliveries runs alone before another starts beside it.
-    pub overlap_after: Duration,
 }
 
 impl Default for WriterConfig {
@@ -50,8 +47,7 @@ impl Default for WriterConfig {
         WriterConfig {
             max_batch: 512,
             queue: 8192,
-            concurrency: 3,
-            overlap_after: Duration::from_millis(50),
+            concurrency: 2,
         }
     }
 }
@@ -129,49 +125,12 @@ struct Slot {
     keeps: bool,
 }
 
-/// The batches in flight that run alone (of destination deliveries only): how many, and when
-/// the latest of them started.
-#[derive(Debug, Clone, Copy, Default)]
-struct InFlight {
-    alone: usize,
-    latest_start: Option<Instant>,
-}
-
-impl InFlight {
-    /// When another batch may start: at once when none runs alone, else once the latest of
-    /// those has run for `overlap_after` (the others started earlier).
-    fn overlap_at(&self, overlap_after: Duration) -> Option<Instant> {
-        match (self.alone, self.latest_start) {
-            (0, _) | (_, None) => None,
-            (_, Some(start)) => Some(start + overlap_after),
-        }
-    }
-}
-
-/// Waits until a new batch may start, given the batches in flight.
-async fn overlap_allowed(in_flight: &mut watch::Receiver<InFlight>, overlap_after: Duration) {
-    loop {
-        let Some(at) = in_flight.borrow_and_update().overlap_at(overlap_after) else {
-            return;
-        };
-        if Instant::now() >= at {
-            return;
-        }
-        tokio::select! {
-            changed = in_flight.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep_until(at.into()) => return,
-        }
-    }
-}
-
-/// Gives a slot back to the free ones when dropped, and counts a batch that ran alone out
-/// of those in flight: a batch that panics must not take its slot with it (the writer would
-/// stall once all were gone). The connection of a batch that did not finish is not kept.
+/// Gives a slot back to the free ones when dropped: a batch that panics must not take its
+/// slot with it (the writer would stall once all were gone). The connection of a batch that
+/// did not finish is not kept.
 struct Returned {
     slot: Option<Slot>,
     free: mpsc::Sender<Slot>,
-    /// Set for a batch that runs alone.
-    in_flight: Option<Arc<watch::Sender<InFlight>>>,
 }
 
 impl Drop for Returned {
@@ -182,9 +141,6 @@ impl Drop for Returned {
             }
             // There are never more slots than the channel holds.
             let _ = self.free.try_send(slot);
-        }
-        if let Some(in_flight) = &self.in_flight {
-            in_flight.send_modify(|f| f.alone = f.alone.saturating_sub(1));
         }
     }
 }
@@ -206,8 +162,6 @@ async fn dispatch(
     }
     let known = Arc::new(KnownIds::new());
     let max_batch = config.max_batch.max(1);
-    let in_flight = Arc::new(watch::Sender::new(InFlight::default()));
-    let mut flights = in_flight.subscribe();
     loop {
         let first = tokio::select! {
             biased;
@@ -222,9 +176,7 @@ async fn dispatch(
             break;
         };
         let mut batch = vec![first];
-        // Wait for a batch running alone (or for it to be slow), then for a free slot;
-        // whatever queues meanwhile joins this batch.
-        overlap_allowed(&mut flights, config.overlap_after).await;
+        // Wait for a free slot; whatever queues meanwhile joins this batch.
         let Some(slot) = slots.recv().await else {
             break;
         };
@@ -234,23 +186,12 @@ async fn dispatch(
                 Err(_) => break,
             }
         }
-        let alone = batch
-            .iter()
-            .all(|job| job.delivery.raw.sender.is_bound_destination());
-        if alone {
-            in_flight.send_modify(|f| {
-                f.alone += 1;
-                f.latest_start = Some(Instant::now());
-            });
-        }
         let (pool, known, free) = (pool.clone(), known.clone(), free.clone());
-        let in_flight = alone.then(|| in_flight.clone());
         tokio::spawn(async move {
             // Back to the free slots however the batch ends, also if it panics.
             let mut returned = Returned {
                 slot: Some(slot),
                 free,
-                in_flight,
             };
             if let Some(slot) = returned.slot.as_mut() {
                 commit(&pool, &known, slot, batch).await;

@@ -49,7 +49,6 @@ pub(super) fn build(
     let writer_config = WriterConfig {
         max_batch: args.writer_batch,
         concurrency: args.writer_concurrency,
-        overlap_after: args.writer_overlap_after,
         ..WriterConfig::default()
     };
     let (writer, writer_task) = Writer::start(database.pool.clone(), writer_config);
